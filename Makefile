@@ -1,0 +1,67 @@
+# mlops-nb: set-up is idempotent; `make demo` and `make test` create and reuse .venv themselves.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_HOME ?= $(CURDIR)/.mlops-test
+export PYSPARK_PYTHON := $(abspath $(BIN))/python
+export SPARK_LOCAL_IP ?= 127.0.0.1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
+
+.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks clean
+
+help:
+	@echo "make demo   set up .venv, write demo data, run the whole pipeline (explore, train, evaluate, score)"
+	@echo "make test   set up .venv, check notebooks and module are in sync, then nbdev_test, nbval, pytest"
+	@echo "make notebooks  re-execute the library notebooks (outputs nbval checks), clean and export them"
+
+# Re-install only when the requirements change (settings.ini / setup.py).
+$(STAMP): settings.ini setup.py
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $@
+
+venv: $(STAMP)
+
+demo: venv
+	$(BIN)/mlops-nb demo-data --env dev
+	$(BIN)/mlops-nb run --env dev
+
+# Notebooks are the source: fail when nbdev_export would change mlops_nb/ or a notebook is not clean.
+check-sync: venv
+	@before=$$(find mlops_nb nbs -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha256sum); \
+	$(BIN)/nbdev_export && $(BIN)/nbdev_clean; \
+	after=$$(find mlops_nb nbs -type f \( -name '*.py' -o -name '*.ipynb' \) -not -path '*/.ipynb_checkpoints/*' | sort | xargs sha256sum); \
+	if [ "$$before" != "$$after" ]; then \
+	  echo "FAIL: nbdev_export/nbdev_clean changed these files; the notebooks are the source: commit the result"; \
+	  diff <(echo "$$before") <(echo "$$after") | grep '^[<>]' | awk '{print "  " $$3}' | sort -u; exit 1; \
+	else echo "ok: mlops_nb/ matches nbs/ and every notebook is clean"; fi
+
+# The pipeline notebooks run alone under nbdev_test and nbval: give them a seeded home with data and a champion.
+$(TEST_HOME)/.seeded: $(STAMP)
+	rm -rf $(TEST_HOME)
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb demo-data --env dev --rows 20000
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb run --env dev --steps train,evaluate --param model_type=logreg
+	@touch $@
+
+test-nbdev: venv $(TEST_HOME)/.seeded
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 1 --do_print
+
+test-nbval: venv $(TEST_HOME)/.seeded
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/pytest -q -p no:cacheprovider --nbval --current-env --nbval-sanitize-with nbs/nbval_sanitize.cfg nbs/[0-9]*.ipynb
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/pytest -q -p no:cacheprovider --nbval-lax --current-env --nbval-sanitize-with nbs/nbval_sanitize.cfg nbs/pipelines
+
+test-pytest: venv
+	$(BIN)/pytest -q -p no:cacheprovider tests --junitxml=test-results.xml
+
+test: check-sync test-nbdev test-nbval test-pytest
+
+# Re-run the library notebooks so their stored outputs (checked strictly by nbval) are current.
+notebooks: venv
+	$(BIN)/jupyter nbconvert --to notebook --execute --inplace nbs/[0-9]*.ipynb
+	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
+
+clean:
+	rm -rf $(TEST_HOME) .pytest_cache test-results.xml
