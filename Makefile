@@ -9,11 +9,12 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks clean
+.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks bench clean
 
 help:
 	@echo "make demo   set up .venv, write demo data, run the whole pipeline (explore, train, evaluate, score)"
 	@echo "make test   set up .venv, check notebooks and module are in sync, then nbdev_test, nbval, pytest"
+	@echo "make bench  run every benchmark script (bench/bench_*.py) and print its figures"
 	@echo "make notebooks  re-execute the library notebooks (outputs nbval checks), clean and export them"
 
 # Re-install only when the requirements change (settings.ini / setup.py).
@@ -66,6 +67,10 @@ test: check-sync test-nbdev test-nbval test-pytest
 notebooks: venv
 	MLOPS_NB_HOME=$$(mktemp -d) $(BIN)/python -c 'import sys, nbformat, nbclient; [nbformat.write(nbclient.NotebookClient(nbformat.read(f, 4), kernel_name="python3", resources={"metadata": {"path": "nbs"}}).execute(), f) for f in sys.argv[1:]]' nbs/[0-9]*.ipynb
 	$(BIN)/nbdev_clean && $(BIN)/nbdev_export
+
+# Speed and memory targets are shown by benchmark scripts, not timed tests.
+bench: venv
+	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
 clean:
 	rm -rf $(TEST_HOME) .nbval .pytest_cache test-results.xml
