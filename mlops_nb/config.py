@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses, json, logging, os, tomllib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from fastcore.basics import patch
 from .core import ConfigError
 
 # %% auto #0
@@ -44,6 +45,20 @@ class EnvConfig:
     holdout_fraction: float = 0.2             # share of rows kept out of training, chosen by key hash
     min_auc: float = 0.6                      # a candidate below this AUC on held-out data is not valid
     decision_threshold: float = 0.5           # probability at or above which the predicted label is 1
+    # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
+    repo_path: str = ""                       # workspace Git folder; default /Repos/<env>/mlops-nb
+    git_url: str = "https://dev.azure.com/mlops-nb/mlops-nb/_git/mlops-nb"  # remote the Git folder clones
+    git_provider: str = "azureDevOpsServices" # Repos API provider: azureDevOpsServices, gitHub, gitLab, ...
+    spark_version: str = "17.3.x-cpu-ml-scala2.13"  # Databricks Runtime ML of the job cluster
+    node_type_id: str = "Standard_D4ds_v5"    # VM type of the job cluster's driver and workers
+    num_workers: int = 1                      # workers of the job cluster
+    pypi_libraries: list = field(default_factory=lambda: ["skops>=0.10,<1"])  # task libraries the runtime lacks
+    pipeline_job: str = ""                    # job name; default mlops-nb-<env>-pipeline
+    scoring_job: str = ""                     # job name; default mlops-nb-<env>-scoring
+    pipeline_cron: str = "0 0 5 ? * MON"      # quartz cron of the pipeline job (train, evaluate, score)
+    scoring_cron: str = "0 0 6 * * ?"         # quartz cron of the scoring-only job
+    timezone: str = "UTC"                     # time zone of both schedules
+    schedule_paused: bool = True              # schedules start paused (prod: unpaused)
 
     @property
     def catalog(self) -> str:
@@ -64,8 +79,24 @@ class EnvConfig:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
+# %% ../nbs/01_config.ipynb #8a17e317
+@patch(as_prop=True)
+def workspace_repo_path(self:EnvConfig) -> str:
+    "The env's workspace Git folder, where its jobs' notebooks live."
+    return self.repo_path or f"/Repos/{self.env}/mlops-nb"
+
+@patch(as_prop=True)
+def pipeline_job_name(self:EnvConfig) -> str:
+    "The name of the env's pipeline job (train, evaluate, score)."
+    return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
+
+@patch(as_prop=True)
+def scoring_job_name(self:EnvConfig) -> str:
+    "The name of the env's scoring-only job."
+    return self.scoring_job or f"mlops-nb-{self.env}-scoring"
+
 # %% ../nbs/01_config.ipynb #6dcf200d
-_ENV_DEFAULTS = {"prod": {"min_auc": 0.7}}
+_ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "num_workers": 2, "schedule_paused": False}}
 
 def _overrides(env:str) -> dict:
     "The overrides for `env` from the TOML file at `$MLOPS_NB_CONFIG`, if any."
