@@ -47,8 +47,11 @@ $(TEST_HOME)/.seeded: $(STAMP)
 	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb run --env dev --steps train,evaluate --param model_type=logreg
 	@touch $@
 
+# Library notebooks (two workers), then the pipeline notebooks in a process of their own, one at a time
+# (they share the seeded home).
 test-nbdev: venv $(TEST_HOME)/.seeded
-	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 1 --do_print
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 0 --do_print --path nbs/pipelines
 
 # nbval runs numbered copies (nbdev_clean blanks execution counts; see tests/nbval_prepare.py): strict on the
 # library notebooks, lax with NBVAL_CHECK_OUTPUT cells on the pipeline notebooks (their runs differ in ids and times).
