@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more")
     r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     r.set_defaults(func=cmd_run)
+    from mlops_nb.lineage import add_lineage_commands; add_lineage_commands(sub)
     from mlops_nb.deploy import add_deploy_commands; add_deploy_commands(sub)
     return p
 

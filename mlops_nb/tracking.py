@@ -5,12 +5,14 @@
 # %% ../nbs/05_tracking.ipynb #48f07c76
 from __future__ import annotations
 import hashlib, json, os, platform, sys
+from pathlib import Path
 import pandas as pd
-from .config import EnvConfig, configure_mlflow
+from .config import EnvConfig, configure_mlflow, on_databricks
 from .context import RunContext
 
 # %% auto #0
-__all__ = ['data_fingerprint', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run']
+__all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'lineage_tags',
+           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -19,6 +21,81 @@ def data_fingerprint(df:pd.DataFrame) -> str:
     h.update(json.dumps([[str(c), str(t)] for c, t in df.dtypes.items()]).encode())
     h.update(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes())
     return h.hexdigest()
+
+# %% ../nbs/05_tracking.ipynb #10c9694e
+def _active_spark():
+    "The active Spark session, without starting one (None when there is none)."
+    if "pyspark" not in sys.modules: return None
+    try:
+        from pyspark.sql import SparkSession
+        return SparkSession.getActiveSession()
+    except Exception: return None
+
+def _spark_conf(spark, key:str) -> str|None:
+    "A Spark conf value, or None when there is no session or no such key."
+    if spark is None: return None
+    try: return spark.conf.get(key, None)
+    except Exception: return None
+
+def _memory_gb() -> float|None:
+    "The machine's physical memory in GiB, when the OS tells."
+    try: return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError): return None
+
+def infrastructure(spark=None, # a Spark session; default the active one, if any
+                  ) -> dict:
+    "Where this code runs: host, OS, CPUs, memory, Spark master and version, and the Databricks cluster."
+    spark = spark if spark is not None else _active_spark()
+    info = {"host": platform.node(), "os": platform.platform(), "cpu_count": os.cpu_count(), "memory_gb": _memory_gb()}
+    if spark is not None:
+        info["spark_master"] = _spark_conf(spark, "spark.master")
+        try: info["spark_version"] = spark.version
+        except Exception: pass
+    if on_databricks():
+        tag = lambda k: _spark_conf(spark, f"spark.databricks.clusterUsageTags.{k}")
+        info.update(databricks_runtime=os.environ.get("DATABRICKS_RUNTIME_VERSION"),
+                    databricks_cluster_id=tag("clusterId") or os.environ.get("DB_CLUSTER_ID"),
+                    databricks_spark_version=tag("sparkVersion"), databricks_node_type=tag("clusterNodeType"))
+    return {k: str(v) for k, v in info.items() if v not in (None, "")}
+
+# %% ../nbs/05_tracking.ipynb #8d88cd95
+ENVIRONMENT_ARTIFACT = "environment/requirements.txt"
+
+def installed_packages() -> list:
+    "Every installed distribution as `name==version`, one per package, sorted by name."
+    import importlib.metadata as md
+    pkgs = {}
+    for d in md.distributions():
+        name = d.metadata["Name"]
+        if name: pkgs.setdefault(name.lower().replace("_", "-"), f"{name}=={d.version}")
+    return [pkgs[k] for k in sorted(pkgs)]
+
+def environment() -> tuple[dict, str]:
+    "The environment tags (python, environment_hash, environment_packages) and the package list as text."
+    text = "\n".join(installed_packages()) + "\n"
+    return {"python": platform.python_version(), "environment_hash": hashlib.sha256(text.encode()).hexdigest(),
+            "environment_packages": ENVIRONMENT_ARTIFACT}, text
+
+# %% ../nbs/05_tracking.ipynb #4314d852
+_LINEAGE_KEYS = ("GIT_SHA", "GIT_DIRTY", "DBR_JOB_ID", "DBR_RUN_ID", "MLFLOW_RUN_ID", "env", "task_key", "python",
+                 "environment_hash", "environment_packages", "mlops_nb_path", "on_databricks")
+
+def lineage_tags(tags:dict) -> dict:
+    "The lineage tags among a run's tags: code, job, infrastructure (`infra.*`), environment and data (`data_*`)."
+    return {k: v for k, v in tags.items() if k in _LINEAGE_KEYS or k.startswith(("infra.", "data_"))}
+
+def log_lineage(ctx:RunContext, # the run this step belongs to
+                spark=None,     # the step's Spark session, if it has one; default the active one
+               ) -> dict:
+    "Tag the active MLflow run with its code, job, infrastructure and environment lineage; log the package list."
+    import mlflow, mlops_nb
+    env_tags, packages = environment()
+    tags = {**ctx.tags(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id, "on_databricks": str(ctx.on_databricks).lower(),
+            "mlops_nb_path": str(Path(mlops_nb.__file__).resolve().parent), **env_tags,
+            **{f"infra.{k}": v for k, v in infrastructure(spark).items()}}
+    mlflow.set_tags(tags)
+    mlflow.log_text(packages, ENVIRONMENT_ARTIFACT)
+    return tags
 
 # %% ../nbs/05_tracking.ipynb #d088f4d3
 def _end_failed_on_error(result):
@@ -41,13 +118,12 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
                    cfg:EnvConfig,  # the env's settings
                    params:dict=None, # step parameters to log
                   ):
-    "Start (or resume) the step's MLflow run with the lineage tags; return the active run."
+    "Start (or resume) the step's MLflow run, capture its lineage (`log_lineage`); return the active run."
     import mlflow
     configure_mlflow(cfg)
     if mlflow.active_run() is not None: mlflow.end_run()
     run = mlflow.start_run(run_name=f"{ctx.task_key}-{ctx.run_id}")
-    mlflow.set_tags({**ctx.tags(), "MLFLOW_RUN_ID": run.info.run_id,
-                     "python": platform.python_version(), "on_databricks": str(ctx.on_databricks).lower()})
+    log_lineage(ctx)
     if params: mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     _register_failure_hook()
     return run

@@ -126,6 +126,7 @@ class TrainResult:
     mlflow_run_id: str
     metrics: dict
     data_version: int
+    model_uri: str = ""  # the logged model (`models:/<model id>`)
 
 def pip_requirements() -> list:
     "The pinned packages a logged model needs to load and predict."
@@ -144,12 +145,13 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
                     label:str=None,     # label column; default the env's
                     keys=None,          # key columns (list or comma-separated); default the env's
                     features=None,      # feature columns; default all others
+                    register:bool=True, # False: log the model but register no version (reproductions)
                    ) -> TrainResult:
     "Train, log and register one candidate model version from a table."
     import mlflow
     from mlflow.models import infer_signature
     from mlops_nb.lakehouse import read_table
-    from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
+    from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run, lineage_tags
     model_type = check_model_type(model_type or cfg.model_type)
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
@@ -176,6 +178,11 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(sample, model.predict_proba(sample)),
                                     pip_requirements=pip_requirements(), pyfunc_predict_fn="predict_proba",
                                     skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    if not register:
+        mlflow.set_tag("registered", "false")
+        set_step_outputs(model_uri=info.model_uri)
+        finish_step_run()
+        return TrainResult("", "", run.info.run_id, metrics, snap.version, info.model_uri)
     try: mv = mlflow.register_model(info.model_uri, cfg.registered_model, await_registration_for=60)
     except Exception as e:
         raise RegistryError(f"could not register {cfg.registered_model} from run {run.info.run_id}: {e}") from e
@@ -183,9 +190,10 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     desc = (f"{model_type} trained by job run {ctx.run_id} (commit {ctx.git_sha[:12]}) on {table}@{snap.version}; "
             f"held-out AUC {metrics['auc']:.4f}")
     client.update_model_version(cfg.registered_model, mv.version, description=desc)
-    for k, v in {**ctx.tags(), **lineage, "MLFLOW_RUN_ID": run.info.run_id, "model_type": model_type,
+    tags = lineage_tags(client.get_run(run.info.run_id).data.tags)  # code, job, infrastructure, environment, data
+    for k, v in {**tags, **ctx.tags(), **lineage, "MLFLOW_RUN_ID": run.info.run_id, "model_type": model_type,
                  "candidate": "true"}.items():
         client.set_model_version_tag(cfg.registered_model, mv.version, k, v)
     set_step_outputs(model_name=cfg.registered_model, model_version=mv.version)
     finish_step_run()
-    return TrainResult(cfg.registered_model, str(mv.version), run.info.run_id, metrics, snap.version)
+    return TrainResult(cfg.registered_model, str(mv.version), run.info.run_id, metrics, snap.version, info.model_uri)
