@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses, json, logging, os, tomllib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from fastcore.basics import patch
 from .core import ConfigError
 
 # %% auto #0
@@ -75,25 +74,24 @@ class EnvConfig:
         "The MLflow experiment every step of this env logs to."
         return self.experiment or f"/Shared/mlops-nb/{self.env}"
 
+    @property
+    def workspace_repo_path(self) -> str:
+        "The env's workspace Git folder, where its jobs' notebooks live."
+        return self.repo_path or f"/Repos/{self.env}/mlops-nb"
+
+    @property
+    def pipeline_job_name(self) -> str:
+        "The name of the env's pipeline job (train, evaluate, score)."
+        return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
+
+    @property
+    def scoring_job_name(self) -> str:
+        "The name of the env's scoring-only job."
+        return self.scoring_job or f"mlops-nb-{self.env}-scoring"
+
     def qualify(self, name:str) -> str:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
-
-# %% ../nbs/01_config.ipynb #8a17e317
-@patch(as_prop=True)
-def workspace_repo_path(self:EnvConfig) -> str:
-    "The env's workspace Git folder, where its jobs' notebooks live."
-    return self.repo_path or f"/Repos/{self.env}/mlops-nb"
-
-@patch(as_prop=True)
-def pipeline_job_name(self:EnvConfig) -> str:
-    "The name of the env's pipeline job (train, evaluate, score)."
-    return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
-
-@patch(as_prop=True)
-def scoring_job_name(self:EnvConfig) -> str:
-    "The name of the env's scoring-only job."
-    return self.scoring_job or f"mlops-nb-{self.env}-scoring"
 
 # %% ../nbs/01_config.ipynb #6dcf200d
 _ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "num_workers": 2, "schedule_paused": False}}
