@@ -312,3 +312,28 @@ def _steps(node):
         for v in node.values(): yield from _steps(v)
     elif isinstance(node, list):
         for v in node: yield from _steps(v)
+
+
+# -- notebooks import mlops_nb from the Git folder --------------------------------------------------------
+
+RUNTIME_LACKS = ("fastcore", "deltalake", "papermill", "nbdev", "execnb", "nbval", "check_jsonschema")
+_BLOCKER = f"""
+import importlib, importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {RUNTIME_LACKS!r}: raise ImportError(name + " is not on the runtime")
+sys.meta_path.insert(0, Block())
+for m in sys.argv[1:]: importlib.import_module(m)
+"""
+
+
+def test_pipeline_modules_import_with_the_runtime_packages_only(tmp_path):
+    "What the pipeline notebooks import from mlops_nb needs only what a Databricks Runtime ML has (the Git folder has no installer)."
+    mods = sorted({m for nb in (ROOT / "nbs" / "pipelines").glob("*.ipynb") for m in re.findall(r"from (mlops_nb\.\w+) import", nb.read_text())})
+    assert "mlops_nb.training" in mods and "mlops_nb.scoring" in mods
+    p = subprocess.run([sys.executable, "-c", _BLOCKER, *mods], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env={**os.environ, "MLOPS_NB_HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr[-3000:]
+    # and the job template installs neither the package nor anything the runtime already has
+    libs = [lib["pypi"]["package"] for d in render_jobs(load_config("prod"), "0123abcd").values() for t in d["tasks"] for lib in t.get("libraries", [])]
+    assert libs and not any(re.match(r"(mlops.nb|pyspark|mlflow)\b", l) for l in libs)
