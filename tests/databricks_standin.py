@@ -46,6 +46,7 @@ class DatabricksStandin:
     def __init__(self, token="dapi-standin-token", run_result="SUCCESS", refs=None):
         self.token = token
         self.run_result = run_result      # result_state of every run: SUCCESS, FAILED, ...
+        self.run_ends = True              # False: runs stay RUNNING (to test --run-timeout)
         self.refs = refs                  # {"main": sha, "v1.0": sha, ...}: known refs; None accepts any ref
         self.repos, self.jobs, self.runs, self.folders = {}, {}, {}, set()
         self.faults: list[Fault] = []
@@ -210,7 +211,8 @@ class DatabricksStandin:
         self.runs[rid] = dict(run_id=rid, job_id=j["job_id"], number_in_job=rid, run_name=j["settings"].get("name"),
                               run_page_url=f"{self.url}/#job/{j['job_id']}/run/{rid}",
                               state=dict(life_cycle_state="TERMINATED", result_state=self.run_result,
-                                         state_message="" if ok else "Task score failed with message: injected failure"),
+                                         state_message="" if ok else "Task score failed with message: injected failure")
+                              if self.run_ends else dict(life_cycle_state="RUNNING", state_message="In run"),
                               tasks=[dict(task_key=t["task_key"], run_id=next(self._ids)) for t in j["settings"].get("tasks", [])])
         return {"run_id": rid, "number_in_job": rid}
 

@@ -161,6 +161,13 @@ def test_run_waits_and_fails_when_the_run_fails(env, capsys):
     assert "ended FAILED" in err and "/run/" in err and len(env.runs) == 2
 
 
+def test_run_that_does_not_end_in_time(env, capsys):
+    env.run_ends = False
+    rc, out, err = deploy(capsys, "--env", "staging", "--run", "--run-timeout", "0.02")
+    assert rc == 1
+    assert "did not end within 0.02 minutes" in err and "/run/" in err
+
+
 # -- API errors -------------------------------------------------------------------------------------------
 
 def test_403_on_the_repos_api_is_a_clear_error(env, capsys):
