@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     from mlops_nb.lineage import add_lineage_commands; add_lineage_commands(sub)
     from mlops_nb.deploy import add_deploy_commands; add_deploy_commands(sub)
+    from mlops_nb.serving import add_serving_commands; add_serving_commands(sub)
     return p
 
 def main(argv=None) -> int:

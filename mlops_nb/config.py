@@ -44,6 +44,11 @@ class EnvConfig:
     holdout_fraction: float = 0.2             # share of rows kept out of training, chosen by key hash
     min_auc: float = 0.6                      # a candidate below this AUC on held-out data is not valid
     decision_threshold: float = 0.5           # probability at or above which the predicted label is 1
+    # online serving (`mlops-nb serve`, nbs/14_serving.ipynb)
+    inference_log_table: str = "inference_log" # every answer of the serving API, with its lineage
+    serve_max_body_bytes: int = 1_000_000     # larger request bodies get 413
+    serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
+    serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
     # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
     repo_path: str = ""                       # workspace Git folder; default /Repos/<env>/mlops-nb
     git_url: str = "https://dev.azure.com/mlops-nb/mlops-nb/_git/mlops-nb"  # remote the Git folder clones
@@ -164,10 +169,10 @@ def describe_env(cfg:EnvConfig) -> dict:
     "The resolved settings of an env, as a JSON-able dict with no secret in it."
     d = dataclasses.asdict(cfg)
     d.update(registered_model=cfg.registered_model, experiment=cfg.experiment_name,
-             tables={k: cfg.qualify(getattr(cfg, k)) for k in ("training_table", "scoring_table", "predictions_table")},
+             tables={k: cfg.qualify(getattr(cfg, k)) for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table")},
              on_databricks=on_databricks(), tracking_uri=tracking_uri(), registry_uri=registry_uri(),
              mlops_home=str(mlops_home()), config_file=os.environ.get("MLOPS_NB_CONFIG", ""))
-    for k in ("training_table", "scoring_table", "predictions_table"): d.pop(k)
+    for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table"): d.pop(k)
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))
                     and any(w in k for w in _SECRET_WORDS)}
     return d

@@ -1,0 +1,98 @@
+"""Batch scoring on Spark: input checks, lineage columns, one transaction, idempotent reruns (real MLflow, Spark, Delta)."""
+from __future__ import annotations
+import numpy as np, pandas as pd, pytest
+from scoring_helpers import CONTEXT, home_environ, make_champion
+
+
+@pytest.fixture(scope="module")
+def champ(tmp_path_factory):
+    "A home with demo data and a logreg champion; Spark started once for the module and stopped after."
+    home = tmp_path_factory.mktemp("scoring-home")
+    with home_environ(home):
+        res = make_champion(rows=3000)
+        yield home, res
+        from mlops_nb.scoring import get_spark
+        get_spark().stop()
+
+
+def _ctx(run_id):
+    from mlops_nb.context import resolve_context
+    return resolve_context(run_id=run_id, **CONTEXT)
+
+
+def test_score_appends_rows_with_lineage_and_a_rerun_adds_none(champ):
+    import mlflow
+    from mlops_nb.config import load_config
+    from mlops_nb.lakehouse import read_table, table_version
+    from mlops_nb.scoring import score_table, prediction_id
+    from mlops_nb.training import positive_proba
+    home, model = champ
+    cfg = load_config("dev")
+    batch = read_table(cfg.qualify(cfg.scoring_table))
+    run_id = "local-20260101T000000-aaaaaa"
+    r = score_table(_ctx(run_id), cfg)
+    assert (r.rows, r.skipped, r.model_version, r.input_version) == (len(batch.data), 0, model.version, batch.version)
+    out = read_table(r.predictions_table).data
+    assert len(out) == len(batch.data) and out.prediction_id.is_unique
+    assert set(out.columns) >= {"prediction_id", "id", "probability", "prediction", "model_name", "model_version",
+                                "model_run_id", "git_sha", "job_run_id", "scored_at", "input_table", "input_version"}
+    row = out.iloc[7]
+    assert row.prediction_id == prediction_id(run_id, model.version, int(row.id))
+    assert (row.model_run_id, row.git_sha, row.job_run_id, row.input_version) == (model.mlflow_run_id, "c" * 40, run_id, batch.version)
+    # the same probabilities as the model in pandas (class 1, not class 0), and labels at the threshold
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{cfg.registered_model}/{model.version}")
+    want = pd.Series(positive_proba(pyfunc.predict(batch.data.drop(columns=["id"]))), index=batch.data.id)
+    got = out.set_index("id").probability.loc[want.index]
+    assert np.abs(got.to_numpy() - want.to_numpy()).max() < 1e-9
+    assert (out.prediction == (out.probability >= cfg.decision_threshold).astype(int)).all()
+    # the input table's version is a tag of the step's run
+    run = mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name(cfg.experiment_name).experiment_id],
+                                            f"tags.DBR_RUN_ID = '{run_id}' and tags.task_key = 'score'")[0]
+    assert (run.data.tags["input_version"], run.data.tags["output.rows"]) == (str(batch.version), str(len(batch.data)))
+    # a rerun of the same job run id writes nothing (no new commit); another job run appends again
+    again = score_table(_ctx(run_id), cfg)
+    assert (again.rows, again.skipped, again.predictions_version) == (0, len(batch.data), r.predictions_version)
+    assert table_version(r.predictions_table) == r.predictions_version
+    other = score_table(_ctx("local-20260101T000000-bbbbbb"), cfg)
+    assert (other.rows, other.predictions_version) == (len(batch.data), r.predictions_version + 1)
+    assert len(read_table(r.predictions_table).data) == 2 * len(batch.data)
+
+
+def test_bad_input_lists_every_problem_and_writes_nothing(champ):
+    from mlops_nb.config import load_config
+    from mlops_nb.core import DataError
+    from mlops_nb.lakehouse import read_table, write_table, table_exists
+    from mlops_nb.scoring import score_table, model_inputs
+    home, model = champ
+    cfg = load_config("dev")
+    inputs = model_inputs(f"models:/{cfg.registered_model}/{model.version}")
+    required = [c.name for c in inputs if c.required]
+    assert {"age", "plan", "balance"} <= set(required), inputs
+    df = read_table(cfg.qualify(cfg.scoring_table)).data.head(200).copy()
+    df = df.drop(columns=["age"]).assign(plan=1.5, extra="passes through")
+    df.loc[3:7, "balance"] = np.nan
+    write_table(df, "dev.mlops_nb.bad_batch", mode="overwrite")
+    out_table = "dev.mlops_nb.bad_predictions"
+    with pytest.raises(DataError) as e:
+        score_table(_ctx("local-20260101T000000-cccccc"), cfg, table="dev.mlops_nb.bad_batch", predictions_table=out_table)
+    msg = str(e.value)
+    for part in ("column age (double, required) is missing", "column plan: expected string, found double",
+                 "column balance has 5 null value(s)", "nothing was written"):
+        assert part in msg, msg
+    assert "extra" not in msg
+    assert not table_exists(out_table)
+
+
+def test_optional_columns_may_be_missing(champ):
+    from mlops_nb.config import load_config
+    from mlops_nb.lakehouse import read_table, write_table
+    from mlops_nb.scoring import score_table, model_inputs
+    home, model = champ
+    cfg = load_config("dev")
+    optional = [c.name for c in model_inputs(f"models:/{cfg.registered_model}/{model.version}") if not c.required]
+    if not optional: pytest.skip("this champion's signature has no optional column")
+    df = read_table(cfg.qualify(cfg.scoring_table)).data.head(300).drop(columns=optional)
+    write_table(df, "dev.mlops_nb.slim_batch", mode="overwrite")
+    r = score_table(_ctx("local-20260101T000000-dddddd"), cfg, table="dev.mlops_nb.slim_batch", predictions_table="dev.mlops_nb.slim_predictions")
+    out = read_table("dev.mlops_nb.slim_predictions").data
+    assert r.rows == 300 and out.probability.between(0, 1).all()

@@ -1,0 +1,104 @@
+"""Online serving: the real `mlops-nb serve` (uvicorn) on a loopback port, talked to over HTTP."""
+from __future__ import annotations
+import os, signal, socket, subprocess, sys, time
+from pathlib import Path
+import httpx, pytest
+from scoring_helpers import CONTEXT, home_environ, make_champion
+
+TOKEN = "t0ken-for-tests-only"
+RECORD = {"age": 40.0, "income": 52000.0, "tenure_years": 3.5, "visits": 2.0, "balance": 0.3, "engagement": 0.6,
+          "region": "west", "plan": "basic"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    "A home with a champion, and `mlops-nb serve` on it, with a bearer token; stopped with SIGTERM after."
+    home = tmp_path_factory.mktemp("serving-home")
+    with home_environ(home):
+        first = make_champion(rows=2000)
+        env = dict(os.environ, MLOPS_NB_SERVE_TOKEN=TOKEN, MLOPS_NB_SERVE_MAX_BODY_BYTES="")
+    (home/"config.toml").write_text("[dev]\nserve_max_body_bytes = 20000\nserve_log_batch_rows = 3\n")
+    env["MLOPS_NB_CONFIG"] = str(home/"config.toml")
+    port = free_port()
+    log = open(home/"serve.log", "w+")
+    proc = subprocess.Popen([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline, answered = time.monotonic() + 120, 0
+    while True:
+        try:
+            answered += 1
+            if httpx.get(f"{url}/health", timeout=2).status_code == 401: break
+        except httpx.TransportError: answered -= 1
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.seek(0); proc.kill()
+            raise AssertionError(f"server did not start:\n{log.read()}")
+        time.sleep(0.5)
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+    yield dict(home=home, proc=proc, client=client, url=url, first=first, log=log, answered=answered)
+    client.close()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+
+
+def test_predict_answers_with_lineage(server):
+    c, first = server["client"], server["first"]
+    r = c.post("/predict", json=[RECORD, {**RECORD, "income": None, "id": 12}])
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert (a["model_name"], a["model_version"], a["mlflow_run_id"], a["git_sha"]) == (
+        "dev.mlops_nb.demo_model", first.version, first.mlflow_run_id, CONTEXT["git_sha"])
+    assert len(a["prediction_ids"]) == 2 and len(set(a["prediction_ids"])) == 2
+    assert [0 <= p["probability"] <= 1 and p["label"] == int(p["probability"] >= 0.5) for p in a["predictions"]] == [True, True]
+    assert r.headers["x-request-id"] == a["request_id"]
+    v = c.get("/version").json()
+    assert (v["model_version"], v["mlflow_run_id"]) == (first.version, first.mlflow_run_id)
+    assert c.get("/health").json()["status"] == "ok"
+
+
+def test_bad_requests_get_clear_errors(server):
+    c = server["client"]
+    bad = {**RECORD, "age": "forty"}
+    del bad["plan"]
+    r = c.post("/predict", json=[RECORD, bad])
+    assert r.status_code == 422
+    assert [e["loc"] for e in r.json()["detail"]] == [["body", 1, "age"], ["body", 1, "plan"]]
+    assert c.post("/predict", content=b"{not json").status_code == 422
+    assert c.post("/predict", json=[RECORD] * 200).status_code == 413  # ~40 kB > 20 kB configured
+    assert c.post("/predict", json=[]).status_code == 422
+
+
+def test_token_is_required_and_never_logged(server):
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        r = httpx.post(f"{server['url']}/predict", json=[RECORD], headers=headers, timeout=30)
+        assert r.status_code == 401, headers
+    assert httpx.get(f"{server['url']}/version", timeout=30).status_code == 401
+
+
+def test_reload_picks_up_a_new_champion_and_shutdown_flushes_the_log(server):
+    c, home, proc = server["client"], server["home"], server["proc"]
+    with home_environ(home):
+        second = make_champion(rows=2000, model_type="hgb")
+    assert c.post("/reload").json()["model_version"] == second.version
+    assert c.post("/predict", json=[RECORD]).json()["model_version"] == second.version
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn shuts down gracefully, then re-raises the signal
+    with home_environ(home):
+        from mlops_nb.lakehouse import read_table
+        log = read_table("dev.mlops_nb.inference_log").data
+    server["log"].seek(0)
+    out = server["log"].read()
+    ok = log[(log.path == "/predict") & (log.status == 200)]
+    assert sorted(ok.model_version) == sorted([server["first"].version, second.version])
+    assert ok.prediction_ids.map(len).tolist() and set(log.status) >= {200, 401, 413, 422}
+    assert (log.latency_ms > 0).all() and log.request_id.is_unique
+    # every response is there: the start-up polls, then 3 + 4 + 4 + 2 of the tests
+    assert len(log) == server["answered"] + 13, log[["path", "status"]]
+    assert TOKEN not in log.to_json() and TOKEN not in out
