@@ -70,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     from mlops_nb.lineage import add_lineage_commands; add_lineage_commands(sub)
     from mlops_nb.deploy import add_deploy_commands; add_deploy_commands(sub)
     from mlops_nb.serving import add_serving_commands; add_serving_commands(sub)
+    from mlops_nb.promotion import add_promotion_commands; add_promotion_commands(sub)
     return p
 
 def main(argv=None) -> int:

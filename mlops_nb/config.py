@@ -49,6 +49,12 @@ class EnvConfig:
     serve_max_body_bytes: int = 1_000_000     # larger request bodies get 413
     serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
+    require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it
+    promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win
+    baseline_auc: float = 0.5                 # what the first champion must beat (no champion to compare with)
+    n_boot: int = 1000                        # bootstrap resamples of the comparison
+    slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
+    required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
     # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
     repo_path: str = ""                       # workspace Git folder; default /Repos/<env>/mlops-nb
     git_url: str = "https://dev.azure.com/mlops-nb/mlops-nb/_git/mlops-nb"  # remote the Git folder clones
@@ -99,7 +105,7 @@ class EnvConfig:
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
 # %% ../nbs/01_config.ipynb #6dcf200d
-_ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "num_workers": 2, "schedule_paused": False}}
+_ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "require_approval": True, "num_workers": 2, "schedule_paused": False}}
 
 def _overrides(env:str) -> dict:
     "The overrides for `env` from the TOML file at `$MLOPS_NB_CONFIG`, if any."
