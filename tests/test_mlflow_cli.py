@@ -1,0 +1,97 @@
+"""The MLflow commands users know work on the project's store with only MLFLOW_TRACKING_URI set, and the pipeline
+and `trace` work against a real remote `mlflow server` (SQLite backend, artifacts served by the server)."""
+from __future__ import annotations
+import json, os, socket, subprocess, sys, time, urllib.request
+from pathlib import Path
+import pytest
+from lineage_helpers import shared_pipeline, clean_env, cli, clone, run_pipeline, BIN, MODEL
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return shared_pipeline()
+
+
+def only_tracking_uri(uri: str, tmp: Path) -> dict:
+    "A minimal environment: PATH, HOME and MLFLOW_TRACKING_URI, nothing of mlops-nb."
+    return {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp), "MLFLOW_TRACKING_URI": uri,
+            "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def mlflow_cmd(env, *args):
+    r = subprocess.run([str(BIN/"mlflow"), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, f"mlflow {' '.join(args)} -> {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
+    return r.stdout
+
+
+def test_standard_mlflow_commands_on_our_store(shared, tmp_path):
+    src, home, env, job = shared
+    uri = json.loads(cli(env, "env", "--json", cwd=src).stdout)["tracking_uri"]
+    assert uri == f"sqlite:///{home}/mlflow.db"
+    e = only_tracking_uri(uri, tmp_path)
+    assert "/Shared/mlops-nb/dev" in mlflow_cmd(e, "experiments", "search")
+    train = job["model"]["mlflow_run_id"]
+    described = json.loads(mlflow_cmd(e, "runs", "describe", "--run-id", train))
+    assert described["data"]["tags"]["GIT_SHA"] == job["git_sha"] and described["data"]["params"]["model_type"] == "logreg"
+    out = tmp_path/"artifacts"
+    mlflow_cmd(e, "artifacts", "download", "-r", train, "-d", str(out))
+    assert (out/"notebooks"/"train.ipynb").is_file() and (out/"environment"/"requirements.txt").is_file()
+    code = (f"import mlflow, pandas as pd\n"
+            f"m = mlflow.pyfunc.load_model('models:/{MODEL}@champion')\n"
+            f"x = pd.read_parquet({str(tmp_path/'rows.parquet')!r})\n"
+            f"p = m.predict(x)\nprint(len(p), float(p.min().min()) >= 0, float(p.max().max()) <= 1)\n")
+    from deltalake import DeltaTable
+    DeltaTable(str(home/"tables"/"dev"/"mlops_nb"/"scoring_batch")).to_pandas().drop(columns=["id"]).head(5).to_parquet(tmp_path/"rows.parquet")
+    r = subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["5", "True", "True"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    "A real `mlflow server` on a free loopback port: SQLite backend and served artifacts in tmp; stopped after."
+    port = free_port()
+    log = open(tmp_path/"server.log", "w")
+    proc = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                             "--backend-store-uri", f"sqlite:///{tmp_path/'server.db'}",
+                             "--artifacts-destination", str(tmp_path/"server-artifacts"), "--serve-artifacts"],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(tmp_path)})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200: break
+            except OSError: pass
+            assert proc.poll() is None, (tmp_path/"server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120s"
+            time.sleep(0.5)
+        yield url, tmp_path
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log.close()
+
+
+def test_pipeline_and_trace_against_remote_server(mlflow_server, tmp_path):
+    url, server_tmp = mlflow_server
+    src = clone(tmp_path/"src")
+    env = clean_env(tmp_path/"home", src, MLFLOW_TRACKING_URI=url)
+    job = run_pipeline(env, src, "train,evaluate", rows=1000)
+    assert not (tmp_path/"home"/"mlflow.db").exists()  # nothing tracked locally
+    r = cli(env, "trace", f"models:/{MODEL}@champion", "--json", cwd=src)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    t = json.loads(r.stdout)
+    assert t["model"]["mlflow_run_id"] == job["model"]["mlflow_run_id"] and t["model"]["artifact_uri"].startswith("mlflow-artifacts:")
+    assert t["code"]["git_sha"] == job["git_sha"] and t["data"]["rows"] == "1000"
+    assert [n["step"] for n in t["notebooks"]] == ["train", "evaluate"]
+    stored = list((server_tmp/"server-artifacts").rglob("train.ipynb"))  # the server stored the executed notebook
+    assert stored and list((server_tmp/"server-artifacts").rglob("requirements.txt"))

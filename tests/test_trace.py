@@ -1,0 +1,116 @@
+"""`mlops-nb trace` from each target kind (model URI, run id, prediction id) and its bad inputs, on a real pipeline run."""
+from __future__ import annotations
+import json
+import pytest
+from deltalake import DeltaTable
+from lineage_helpers import shared_pipeline, cli, head, mlflow_client, clean_env, MODEL
+
+SECTIONS = {"code", "infrastructure", "environment", "model", "data", "job", "notebooks"}
+
+
+@pytest.fixture(scope="module")
+def shared():
+    return shared_pipeline()
+
+
+def trace(shared, target, *more):
+    src, home, env, job = shared
+    return cli(env, "trace", target, "--json", *more, cwd=src)
+
+
+def check_training_lineage(t, shared):
+    "The five sources of the trained model, each resolved."
+    src, home, env, job = shared
+    assert SECTIONS <= set(t), t.keys()
+    assert t["missing"] == [], t["missing"]
+    assert (t["code"]["git_sha"], t["code"]["git_dirty"], t["code"]["commit_in_repo"]) == (head(src), False, True)
+    assert {"host", "os", "cpu_count", "memory_gb"} <= set(t["infrastructure"])
+    assert t["environment"]["python"] and len(t["environment"]["packages_hash"]) == 64
+    assert t["environment"]["packages"] == f"runs:/{job['model']['mlflow_run_id']}/environment/requirements.txt"
+    assert (t["model"]["name"], t["model"]["version"], t["model"]["mlflow_run_id"]) == (MODEL, job["model"]["version"], job["model"]["mlflow_run_id"])
+    assert t["model"]["artifact_uri"].startswith("file://")
+    assert (t["data"]["table"], t["data"]["version"], t["data"]["rows"]) == ("dev.mlops_nb.training", "0", "1500")
+    assert len(t["data"]["fingerprint"]) == 64
+    assert t["job"] == {"job_id": "local", "run_id": job["job_run_id"]}
+    assert [n["step"] for n in t["notebooks"]] == ["train", "evaluate", "score"]
+
+
+def test_trace_model_uri_version_and_alias(shared):
+    src, home, env, job = shared
+    by_version = trace(shared, f"models:/{MODEL}/{job['model']['version']}")
+    assert by_version.returncode == 0, by_version.stderr
+    t = json.loads(by_version.stdout)
+    check_training_lineage(t, shared)
+    by_alias = json.loads(trace(shared, f"models:/{MODEL}@champion").stdout)
+    assert by_alias["model"] == t["model"] and "champion" in t["model"]["aliases"]
+    # the package list the trace points at is the one whose hash is recorded
+    import hashlib, mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{home/'mlflow.db'}")
+    text = mlflow.artifacts.load_text(t["environment"]["packages"])
+    assert hashlib.sha256(text.encode()).hexdigest() == t["environment"]["packages_hash"]
+
+
+def test_trace_train_and_score_run_ids(shared):
+    src, home, env, job = shared
+    runs = {s["name"]: s["mlflow_run_id"] for s in job["steps"]}
+    t = json.loads(trace(shared, runs["train"]).stdout)
+    check_training_lineage(t, shared)
+    r = trace(shared, runs["score"])
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["model"]["version"] == job["champion"]["version"] and s["scoring"]["mlflow_run_id"] == runs["score"]
+    assert s["scoring"]["input_table"] == "dev.mlops_nb.scoring_batch"
+    assert s["scoring"]["infrastructure"]["spark_master"].startswith("local")  # serving infrastructure: the Spark session
+
+
+def test_trace_prediction_id(shared):
+    src, home, env, job = shared
+    rows = DeltaTable(job["predictions"]["path"]).to_pandas()
+    pid = rows.prediction_id.iloc[len(rows) // 2]
+    r = cli(env, "trace", pid, cwd=src)  # the text form
+    assert r.returncode == 0, r.stderr
+    assert f"prediction        {pid}" in r.stdout and "missing links     none" in r.stdout
+    t = json.loads(trace(shared, pid).stdout)
+    check_training_lineage(t, shared)
+    assert (t["kind"], t["prediction"]["prediction_id"], t["prediction"]["model_version"]) == ("prediction", pid, job["champion"]["version"])
+    assert t["scoring"]["job_run_id"] == job["job_run_id"] and t["scoring"]["notebooks"]
+
+
+@pytest.mark.parametrize("target, message", [
+    ("models:/dev.mlops_nb.demo_model/99", "model dev.mlops_nb.demo_model has no version 99: deleted, never registered"),
+    ("models:/dev.mlops_nb.demo_model@nobody", "has no alias 'nobody'"),
+    ("0123456789abcdef0123456789abcdef", "found no such model URI, MLflow run or prediction id in dev.mlops_nb.predictions"),
+    ("my-model", "target 'my-model': expected models:/<name>/<version>, models:/<name>@<alias>"),
+])
+def test_trace_bad_targets(shared, target, message):
+    r = trace(shared, target)
+    assert r.returncode == 1 and r.stdout == "", r
+    assert r.stderr.strip().splitlines() == [l for l in r.stderr.strip().splitlines() if l.startswith("mlops-nb trace: error:")]
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_trace_step_that_trained_nothing(shared):
+    src, home, env, job = shared
+    evaluate = next(s["mlflow_run_id"] for s in job["steps"] if s["name"] == "evaluate")
+    r = trace(shared, evaluate)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert f"run {evaluate} is the evaluate step of job run {job['job_run_id']}: it trained no model" in r.stderr
+
+
+def test_trace_deleted_version_and_missing_link(shared, tmp_path):
+    "A deleted version is a clear error; a prediction whose version was deleted names that missing link."
+    import shutil
+    src, home, env, job = shared
+    copy = tmp_path/"home"
+    shutil.copytree(home, copy, ignore=shutil.ignore_patterns("runs", "jupyter", ".ipython"))
+    v = job["champion"]["version"]
+    mlflow_client(copy).delete_model_version(MODEL, v)
+    env2 = clean_env(copy, src)
+    r = cli(env2, "trace", f"models:/{MODEL}/{v}", cwd=src)
+    assert r.returncode == 1 and f"has no version {v}: deleted" in r.stderr and "Traceback" not in r.stderr
+    pid = DeltaTable(str(copy/"tables"/"dev"/"mlops_nb"/"predictions")).to_pandas().prediction_id.iloc[0]
+    r = cli(env2, "trace", pid, "--json", cwd=src)
+    assert r.returncode == 1, r.stderr
+    t = json.loads(r.stdout)
+    assert any(m.startswith(f"model: model {MODEL} has no version {v}") for m in t["missing"]), t["missing"]
+    assert t["code"]["git_sha"] == head(src) and t["data"]["rows"] == "1500"  # still traced through the run on the row
