@@ -1,0 +1,92 @@
+"""Benchmark of online serving: single-record requests at a fixed concurrency against the real `mlops-nb serve`.
+
+Starts the server (uvicorn, one process) on a free loopback port with an `hgb` champion, then a second process
+sends the requests over keep-alive HTTP connections, one thread per connection, and reports p50 and p99 latency,
+requests/s and errors; then stops the server (SIGTERM) and checks that the inference log holds every answer.
+
+    .venv/bin/python bench/bench_serving.py                       # 5,000 requests at concurrency 16
+    .venv/bin/python bench/bench_serving.py --requests 20000 --concurrency 32
+Environment: MLOPS_NB_BENCH_REQUESTS, MLOPS_NB_BENCH_CONCURRENCY (same as the flags).
+"""
+from __future__ import annotations
+import argparse, http.client, json, os, signal, socket, subprocess, sys, tempfile, threading, time
+from pathlib import Path
+
+RECORD = {"age": 40.0, "income": 52000.0, "tenure_years": 3.5, "visits": 2.0, "balance": 0.3, "engagement": 0.6,
+          "region": "west", "plan": "basic"}
+
+
+def client(port: int, n: int, concurrency: int) -> dict:
+    "Send `n` single-record POST /predict requests over `concurrency` connections; latencies and errors."
+    body = json.dumps([RECORD]).encode()
+    lat, errors, lock, left = [], [], threading.Lock(), [n]
+    def worker():
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        while True:
+            with lock:
+                if left[0] == 0: break
+                left[0] -= 1
+            t = time.perf_counter()
+            try:
+                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
+                r = conn.getresponse(); r.read()
+                ok = r.status == 200
+            except Exception as e:
+                ok = False; conn.close(); conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            d = time.perf_counter() - t
+            with lock: (lat if ok else errors).append(d)
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads: t.start()
+    for t in threads: t.join()
+    wall = time.perf_counter() - t0
+    lat.sort()
+    q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1000 if lat else float("nan")
+    return {"requests": n, "concurrency": concurrency, "ok": len(lat), "errors": len(errors), "seconds": round(wall, 2),
+            "req_per_s": round(n / wall, 1), "p50_ms": round(q(0.50), 2), "p99_ms": round(q(0.99), 2)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_REQUESTS", 5000)))
+    ap.add_argument("--concurrency", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_CONCURRENCY", 16)))
+    ap.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.client:
+        print(json.dumps(client(a.client, a.requests, a.concurrency))); return
+    home = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_NB_", "MLFLOW_"))}
+    env.update(MLOPS_NB_HOME=str(home), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
+    os.environ.update(env)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent/"tests"))
+    from scoring_helpers import make_champion
+    make_champion(rows=20_000, model_type="hgb")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port", str(port)], env=env)
+    try:
+        for _ in range(240):
+            try:
+                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health")
+                if c.getresponse().status == 200: break
+            except OSError: time.sleep(0.5)
+        else: raise SystemExit("server did not start")
+        subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", "50", "--concurrency", "1"], check=True,
+                       stdout=subprocess.DEVNULL)  # warm-up: first predictions import and compile lazily
+        out = subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", str(a.requests),
+                              "--concurrency", str(a.concurrency)], check=True, capture_output=True, text=True).stdout
+        res = json.loads(out.strip().splitlines()[-1])
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    from mlops_nb.lakehouse import read_table
+    log = read_table("dev.mlops_nb.inference_log").data
+    res["inference_log_rows"] = int(((log.path == "/predict") & (log.status == 200)).sum())
+    print(f"{res['requests']:,} single-record requests at concurrency {res['concurrency']} from a second process on loopback: "
+          f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, {res['req_per_s']:,.0f} req/s, {res['errors']} errors; "
+          f"inference log rows of successful predictions: {res['inference_log_rows']:,} (expected {res['ok'] + 50:,})")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
