@@ -11,7 +11,7 @@ from .core import ConfigError
 
 # %% auto #0
 __all__ = ['ENVS', 'on_databricks', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri', 'registry_uri', 'artifact_root',
-           'configure_mlflow', 'describe_env']
+           'configure_mlflow', 'redact_uri', 'describe_env']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -171,12 +171,20 @@ def configure_mlflow(cfg:EnvConfig) -> str:
 # %% ../nbs/01_config.ipynb #93b19167
 _SECRET_WORDS = ("TOKEN", "SECRET", "PASSWORD", "KEY")
 
+def redact_uri(uri:str) -> str:
+    "A URI with any password replaced by `***`."
+    from urllib.parse import urlsplit, urlunsplit
+    p = urlsplit(uri)
+    if p.password is None: return uri
+    host = f"{p.username}:***@{p.hostname}" + (f":{p.port}" if p.port else "")
+    return urlunsplit(p._replace(netloc=host))
+
 def describe_env(cfg:EnvConfig) -> dict:
     "The resolved settings of an env, as a JSON-able dict with no secret in it."
     d = dataclasses.asdict(cfg)
     d.update(registered_model=cfg.registered_model, experiment=cfg.experiment_name,
              tables={k: cfg.qualify(getattr(cfg, k)) for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table")},
-             on_databricks=on_databricks(), tracking_uri=tracking_uri(), registry_uri=registry_uri(),
+             on_databricks=on_databricks(), tracking_uri=redact_uri(tracking_uri()), registry_uri=redact_uri(registry_uri()),
              mlops_home=str(mlops_home()), config_file=os.environ.get("MLOPS_NB_CONFIG", ""))
     for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table"): d.pop(k)
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))

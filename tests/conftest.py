@@ -1,0 +1,181 @@
+"""Shared fixtures: each test gets its own MLOPS_NB_HOME and runs the real `mlops-nb` CLI in a subprocess.
+
+Nothing is mocked: MLflow writes to SQLite under the home, tables are Delta tables under it, steps run in
+papermill kernels and scoring on Spark local. Expensive set-up (demo data, pipeline runs) is shared through
+module-scoped fixtures in the test modules.
+"""
+from __future__ import annotations
+import contextlib, json, os, subprocess, sys
+from dataclasses import dataclass
+from pathlib import Path
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PIPELINES = REPO/"nbs"/"pipelines"
+VENV_BIN = Path(sys.executable).parent
+CLI = VENV_BIN/"mlops-nb"
+MODEL = "dev.mlops_nb.demo_model"
+EXPERIMENT = "/Shared/mlops-nb/dev"
+TRAINING, SCORING, PREDICTIONS = "dev.mlops_nb.training", "dev.mlops_nb.scoring_batch", "dev.mlops_nb.predictions"
+
+# Variables of the caller's shell that would change what a run resolves (tracking server, context, config).
+_LEAKY_PREFIXES = ("MLOPS_NB_", "MLFLOW_", "DATABRICKS_", "DBR_")
+_LEAKY_NAMES = ("GIT_SHA", "GIT_DIRTY", "IPYTHONDIR", "JUPYTER_PATH")
+
+
+def clean_environ(home: Path, **extra) -> dict:
+    "os.environ without settings that leak from the caller, pointed at `home`, plus `extra` (None removes)."
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_LEAKY_PREFIXES) and k not in _LEAKY_NAMES}
+    env.update(MLOPS_NB_HOME=str(home), PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1",
+               MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+               # a private IPython dir: no startup file of the user's (say, one defining dbutils) reaches the kernels
+               IPYTHONDIR=str(home/".ipython"))
+    for k, v in extra.items():
+        if v is None: env.pop(k, None)
+        else: env[k] = str(v)
+    return env
+
+
+@dataclass
+class Result:
+    "What one CLI call did."
+    args: list
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict:
+        "stdout parsed as the one JSON object `--json` prints."
+        try: return json.loads(self.stdout)
+        except json.JSONDecodeError as e:
+            raise AssertionError(f"stdout of {self.args} is not one JSON object ({e}):\n{self.stdout[-3000:]}\n"
+                                 f"stderr:\n{self.stderr[-3000:]}") from e
+
+    def error_lines(self) -> list:
+        "The `mlops-nb <cmd>: error:` lines on stderr."
+        return [l for l in self.stderr.splitlines() if l.startswith("mlops-nb ") and ": error: " in l]
+
+    def __str__(self):
+        return f"{' '.join(map(str, self.args))} -> {self.returncode}\n--- stdout\n{self.stdout[-4000:]}\n--- stderr\n{self.stderr[-4000:]}"
+
+
+class Home:
+    "One MLOPS_NB_HOME: run the CLI against it and look at what it holds (MLflow, Delta tables)."
+
+    def __init__(self, path: Path):
+        self.path = Path(path).resolve()
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self): return f"Home({self.path})"
+
+    @property
+    def db(self) -> Path: return self.path/"mlflow.db"
+
+    @property
+    def tracking_uri(self) -> str: return f"sqlite:///{self.db}"
+
+    def environ(self, **extra) -> dict: return clean_environ(self.path, **extra)
+
+    def cli(self, *args, env: dict = None, timeout: float = 600) -> Result:
+        "Run `mlops-nb *args` with this home; `env` adds (or, with None, removes) variables."
+        cmd = [str(CLI), *map(str, args)]
+        p = subprocess.run(cmd, env=self.environ(**(env or {})), cwd=REPO, capture_output=True, text=True,
+                           timeout=timeout)
+        return Result(cmd, p.returncode, p.stdout, p.stderr)
+
+    def demo_data(self, rows: int = 5000, **kw) -> Result:
+        extra = [a for k, v in kw.items() for a in (f"--{k.replace('_', '-')}", v)]
+        r = self.cli("demo-data", "--rows", rows, *extra)
+        assert r.returncode == 0, str(r)
+        return r
+
+    # --- MLflow, read in this process straight from the home's SQLite file ---
+    def client(self):
+        "An MlflowClient on this home's tracking store and registry."
+        import mlflow
+        assert self.db.is_file(), f"no MLflow database at {self.db}"
+        return mlflow.MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def model_versions(self, name: str = None) -> list:
+        "Every registered model version in this home (none when MLflow was never used)."
+        if not self.db.is_file(): return []
+        c = self.client()
+        names = [name] if name else [m.name for m in c.search_registered_models()]
+        return [v for n in names for v in c.search_model_versions(f"name='{n}'")]
+
+    def runs_of_job(self, job_run_id: str) -> list:
+        "The MLflow runs tagged DBR_RUN_ID = `job_run_id` in the dev experiment."
+        c = self.client()
+        exp = c.get_experiment_by_name(EXPERIMENT)
+        if exp is None: return []
+        return c.search_runs([exp.experiment_id], f"tags.DBR_RUN_ID = '{job_run_id}'")
+
+    # --- Delta tables, through the library's own reader ---
+    @contextlib.contextmanager
+    def active(self):
+        "Point the library, in this process, at this home for the duration."
+        old = os.environ.get("MLOPS_NB_HOME")
+        os.environ["MLOPS_NB_HOME"] = str(self.path)
+        try: yield self
+        finally:
+            if old is None: os.environ.pop("MLOPS_NB_HOME", None)
+            else: os.environ["MLOPS_NB_HOME"] = old
+
+    def read_table(self, name: str, version=None):
+        from mlops_nb.lakehouse import read_table
+        with self.active(): return read_table(name, version)
+
+    def write_table(self, df, name: str, mode: str = "overwrite") -> int:
+        from mlops_nb.lakehouse import write_table
+        with self.active(): return write_table(df, name, mode)
+
+    def table_path(self, name: str) -> Path:
+        return self.path/"tables"/Path(*name.split("."))
+
+    def table_exists(self, name: str) -> bool:
+        from deltalake import DeltaTable
+        return DeltaTable.is_deltatable(str(self.table_path(name)))
+
+
+def run_cli(home, *args, env: dict = None, timeout: float = 600) -> Result:
+    "Run `mlops-nb *args` as a subprocess with MLOPS_NB_HOME=`home` (a path or a Home); stdout, stderr, exit code."
+    return (home if isinstance(home, Home) else Home(home)).cli(*args, env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def cli():
+    "The `run_cli` helper as a fixture: cli(home, 'run', '--json', ...)."
+    return run_cli
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _check_tools():
+    "The suite runs the venv's console script; fail early and clearly when it is missing."
+    assert CLI.is_file(), f"expected the console script at {CLI}; run the tests with the venv's pytest (make test)"
+
+
+@pytest.fixture(scope="session")
+def make_home(tmp_path_factory):
+    "A factory of fresh, empty homes: make_home('name') -> Home."
+    def make(name: str = "home") -> Home:
+        return Home(tmp_path_factory.mktemp(name))
+    return make
+
+
+@pytest.fixture
+def home(make_home) -> Home:
+    "A fresh, empty home for one test."
+    return make_home("home")
+
+
+@pytest.fixture(scope="module")
+def seeded_home(make_home) -> Home:
+    "A home with the demo training table (5000 rows) and scoring batch (1000 rows), shared by a module."
+    h = make_home("seeded")
+    h.demo_data(rows=5000, seed=0)
+    return h
+
+
+def head_sha() -> str:
+    "The repository's current commit."
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()

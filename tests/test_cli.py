@@ -1,0 +1,90 @@
+"""`mlops-nb env` and `mlops-nb demo-data`: what they print, where they point, and that no secret leaks."""
+from __future__ import annotations
+import json
+
+
+def test_env_json_default_tracking(home, cli):
+    r = cli(home.path, "env", "--json")  # the plain helper: a path and arguments
+    assert r.returncode == 0, str(r)
+    d = json.loads(r.stdout)
+    assert d["tracking_uri"] == f"sqlite:///{home.path}/mlflow.db"
+    assert d["registry_uri"] == d["tracking_uri"]
+    assert d["mlops_home"] == str(home.path)
+    assert d["env"] == "dev" and d["registered_model"] == "dev.mlops_nb.demo_model"
+    assert d["tables"]["training_table"] == "dev.mlops_nb.training"
+    assert d["on_databricks"] is False
+    assert d["secrets"] == {}
+
+
+def test_env_other_env(home):
+    d = json.loads(home.cli("env", "--env", "prod", "--json").stdout)
+    assert d["env"] == "prod" and d["registered_model"] == "prod.mlops_nb.demo_model"
+    assert d["experiment"] == "/Shared/mlops-nb/prod"
+    assert d["min_auc"] == 0.7  # prod is stricter
+    r = home.cli("env", "--env", "qa")
+    assert r.returncode == 2 and r.error_lines() and "'qa'" in r.error_lines()[0]
+
+
+def test_env_honours_mlflow_tracking_uri(home):
+    uri = "http://mlflow.example.invalid:5000"
+    r = home.cli("env", "--json", env={"MLFLOW_TRACKING_URI": uri})
+    assert r.returncode == 0, str(r)
+    d = json.loads(r.stdout)
+    assert d["tracking_uri"] == uri and d["registry_uri"] == uri
+    assert not (home.path/"mlflow.db").exists()  # `env` only describes; it creates nothing
+
+
+def test_env_never_prints_a_secret(home):
+    secret = "some-secret"
+    env = {"DATABRICKS_TOKEN": secret, "DATABRICKS_HOST": "https://adb-1.azuredatabricks.net",
+           "MLFLOW_TRACKING_PASSWORD": secret + "-2"}
+    for args in (["env", "--json"], ["env"]):
+        r = home.cli(*args, env=env)
+        assert r.returncode == 0, str(r)
+        assert secret not in r.stdout and secret not in r.stderr, str(r)
+    d = json.loads(home.cli("env", "--json", env=env).stdout)
+    assert d["secrets"] == {"DATABRICKS_TOKEN": "set", "MLFLOW_TRACKING_PASSWORD": "set"}
+
+
+def test_env_never_prints_a_password_in_the_tracking_uri(home):
+    "A tracking server URI may carry basic-auth credentials (https://user:password@host); `env` must not print them."
+    uri = "https://alice:hunter2-secret@mlflow.example.invalid"
+    for args in (["env", "--json"], ["env"]):
+        r = home.cli(*args, env={"MLFLOW_TRACKING_URI": uri})
+        assert r.returncode == 0, str(r)
+        assert "hunter2-secret" not in r.stdout and "hunter2-secret" not in r.stderr, str(r)
+    d = json.loads(home.cli("env", "--json", env={"MLFLOW_TRACKING_URI": uri}).stdout)
+    assert "mlflow.example.invalid" in d["tracking_uri"]  # still says where tracking goes
+
+
+def test_env_text_output(home):
+    r = home.cli("env")
+    assert r.returncode == 0, str(r)
+    lines = {l.split()[0]: l[20:].strip() for l in r.stdout.splitlines() if l.strip()}
+    assert lines["tracking_uri"] == f"sqlite:///{home.path}/mlflow.db"
+    assert lines["registered_model"] == "dev.mlops_nb.demo_model"
+
+
+def test_demo_data_rows_zero_exits_2(home):
+    r = home.cli("demo-data", "--rows", "0")
+    assert r.returncode == 2, str(r)
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == ["mlops-nb demo-data: error: rows: expected 1 or more, found 0"]
+    assert not (home.path/"tables").exists() or not any((home.path/"tables").rglob("_delta_log"))
+
+
+def test_demo_data_writes_seeded_tables(make_home):
+    a, b = make_home("demo_a"), make_home("demo_b")
+    r = a.demo_data(rows=300, seed=7)
+    assert f"wrote dev.mlops_nb.training version 0 ({a.table_path('dev.mlops_nb.training')})" in r.stdout
+    assert "wrote dev.mlops_nb.scoring_batch version 0" in r.stdout
+    b.demo_data(rows=300, seed=7)
+    ta, tb = a.read_table("dev.mlops_nb.training").data, b.read_table("dev.mlops_nb.training").data
+    assert len(ta) == 300 and ta.equals(tb)  # the same seed gives the same rows
+    sa = a.read_table("dev.mlops_nb.scoring_batch").data
+    assert len(sa) == 60 and "label" not in sa.columns
+    assert sa.id.min() == 300  # scoring ids follow the training ids
+    # writing again overwrites: a new version with the same rows
+    r2 = a.demo_data(rows=300, seed=7)
+    assert "dev.mlops_nb.training version 1" in r2.stdout
+    assert a.read_table("dev.mlops_nb.training").data.equals(ta)

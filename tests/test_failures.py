@@ -1,0 +1,171 @@
+"""Bad input and failing steps: one clear line on stderr, the right exit code, nothing registered or written,
+no MLflow run left RUNNING, later steps skipped, and the partly executed notebook kept."""
+from __future__ import annotations
+import json, shutil
+from pathlib import Path
+import pytest
+from conftest import PREDICTIONS, TRAINING
+
+ONE_CLASS = "dev.mlops_nb.one_class"
+
+
+def assert_nothing_written(home):
+    "No model version registered, no predictions table."
+    assert home.model_versions() == [], [f"{v.name} v{v.version}" for v in home.model_versions()]
+    assert not home.table_exists(PREDICTIONS)
+    assert not home.table_path(PREDICTIONS).exists()
+
+
+def assert_one_error_line(r, command="run", only_line=True):
+    "Exactly one `mlops-nb <command>: error:` line, no traceback; with only_line, nothing else on stderr."
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, str(r)
+    errors = r.error_lines()
+    assert len(errors) == 1, str(r)
+    assert errors[0].startswith(f"mlops-nb {command}: error: ")
+    if only_line: assert r.stderr.strip().splitlines() == errors, str(r)
+    return errors[0]
+
+
+BAD_USAGE = [  # (id, args, words the error line must contain)
+    ("unknown-env", ["--env", "qa"], ["--env", "'qa'", "dev", "staging", "prod"]),
+    ("unknown-step", ["--steps", "train,deploy"], ["steps", "deploy", "explore,train,evaluate,score"]),
+    ("param-without-equals", ["--param", "model_type"], ["--param", "KEY=VALUE", "'model_type'"]),
+    ("unknown-param", ["--param", "colour=blue"], ["colour", "not a parameter", "model_type"]),
+    ("context-param", ["--param", "run_id=abc"], ["run_id", "set by the runner"]),
+    ("unknown-model-type", ["--param", "model_type=xgb"], ["model_type", "'xgb'", "logreg, hgb, dummy"]),
+    ("bad-table-version", ["--param", "training_version=latest"], ["version", "'latest'"]),
+]
+
+
+@pytest.mark.parametrize("case, args, words", BAD_USAGE, ids=[c[0] for c in BAD_USAGE])
+def test_bad_usage_exits_2(seeded_home, case, args, words):
+    runs_before = sorted((seeded_home.path/"runs").glob("*")) if (seeded_home.path/"runs").exists() else []
+    r = seeded_home.cli("run", "--json", *args)
+    assert r.returncode == 2, str(r)
+    line = assert_one_error_line(r, only_line=case != "unknown-env")  # argparse also prints its usage
+    for w in words: assert w in line, (w, line)
+    assert r.stdout == ""  # no job run started, so no JSON
+    runs_after = sorted((seeded_home.path/"runs").glob("*")) if (seeded_home.path/"runs").exists() else []
+    assert runs_after == runs_before  # no job run folder either
+    assert_nothing_written(seeded_home)
+
+
+def test_missing_table_exits_1(home):
+    "A fresh, empty home: the training table does not exist."
+    r = home.cli("run", "--json")
+    assert r.returncode == 1, str(r)
+    line = assert_one_error_line(r)
+    assert TRAINING in line and "does not exist" in line and "mlops-nb demo-data" in line
+    assert str(home.table_path(TRAINING)) in line
+    assert r.stdout == ""
+    assert_nothing_written(home)
+
+
+def test_missing_scoring_table_is_checked_before_any_step(make_home):
+    "The scoring table is checked up front, so train does not register a model the run cannot use."
+    home = make_home("noscoring")
+    home.demo_data(rows=1000)
+    shutil.rmtree(home.table_path("dev.mlops_nb.scoring_batch"))
+    r = home.cli("run", "--json", "--steps", "train,evaluate,score")
+    assert r.returncode == 1, str(r)
+    line = assert_one_error_line(r)
+    assert "dev.mlops_nb.scoring_batch" in line
+    assert_nothing_written(home)
+
+
+@pytest.fixture(scope="module")
+def one_class_run(seeded_home):
+    "train, evaluate, score on a table whose label is always 1."
+    df = seeded_home.read_table(TRAINING).data
+    df["label"] = 1
+    seeded_home.write_table(df, ONE_CLASS)
+    r = seeded_home.cli("run", "--json", "--steps", "train,evaluate,score", "--param", f"training_table={ONE_CLASS}")
+    return seeded_home, r
+
+
+def test_one_class_label_fails_clearly(one_class_run):
+    home, r = one_class_run
+    assert r.returncode == 1, str(r)
+    line = assert_one_error_line(r, only_line=False)  # progress lines come first
+    assert r.stderr.strip().splitlines()[-1] == line
+    assert "label 'label'" in line and "two classes" in line and "found 1" in line
+    j = r.json()  # the JSON is printed even though the run failed
+    assert j["status"] == "FAILED"
+    train = j["steps"][0]
+    assert train["name"] == "train" and train["status"] == "FAILED"
+    assert train["error"] in line
+    # the message names the notebook, the cell and the partly executed notebook, which exists
+    assert "notebook train.ipynb" in line and "cell [" in line
+    assert train["output_notebook"] in line
+    nb = Path(train["output_notebook"])
+    assert nb.is_file() and nb.parent == home.path/"runs"/j["job_run_id"]
+    outputs = [o for c in json.loads(nb.read_text())["cells"] for o in c.get("outputs", [])]
+    assert any(o.get("output_type") == "error" and o.get("ename") == "DataError" for o in outputs)
+    # later steps never ran
+    assert [(s["name"], s["status"]) for s in j["steps"][1:]] == [("evaluate", "SKIPPED"), ("score", "SKIPPED")]
+    assert all(s["mlflow_run_id"] == "" and s["output_notebook"] == "" for s in j["steps"][1:])
+    assert j["model"] == {} and j["predictions"] == {}
+    assert j["champion"]["version"] is None
+    assert_nothing_written(home)
+
+
+def test_one_class_label_leaves_no_running_mlflow_run(one_class_run):
+    home, r = one_class_run
+    j = r.json()
+    train = j["steps"][0]
+    if home.db.is_file():
+        runs = home.runs_of_job(j["job_run_id"])
+        assert all(run.info.status != "RUNNING" for run in runs), [(x.info.run_id, x.info.status) for x in runs]
+        if train["mlflow_run_id"]:
+            assert home.client().get_run(train["mlflow_run_id"]).info.status == "FAILED"
+
+
+@pytest.fixture(scope="module")
+def failed_evaluate(make_home):
+    """A step that fails after its MLflow run started: train a candidate on a table, delete the table,
+    then evaluate cannot read the candidate's held-out rows."""
+    home = make_home("evalfail")
+    home.demo_data(rows=3000)
+    doomed = "dev.mlops_nb.doomed"
+    home.write_table(home.read_table(TRAINING).data, doomed)
+    r1 = home.cli("run", "--json", "--steps", "train", "--param", "model_type=logreg", "--param", f"training_table={doomed}")
+    assert r1.returncode == 0, str(r1)
+    shutil.rmtree(home.table_path(doomed))
+    r2 = home.cli("run", "--json", "--steps", "evaluate,score")
+    return home, r1.json(), r2, doomed
+
+
+def test_failed_step_run_is_marked_failed(failed_evaluate):
+    home, trained, r, doomed = failed_evaluate
+    assert r.returncode == 1, str(r)
+    line = assert_one_error_line(r, only_line=False)
+    assert "notebook evaluate.ipynb" in line and "cell [" in line and doomed in line
+    j = r.json()
+    assert j["status"] == "FAILED"
+    ev, score = j["steps"]
+    assert ev["status"] == "FAILED" and ev["error"] in line
+    assert (score["name"], score["status"], score["mlflow_run_id"]) == ("score", "SKIPPED", "")
+    # the step's MLflow run exists and is FAILED, not left RUNNING, and carries the partly executed notebook
+    assert ev["mlflow_run_id"]
+    c = home.client()
+    run = c.get_run(ev["mlflow_run_id"])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["DBR_RUN_ID"] == j["job_run_id"] and run.data.tags["task_key"] == "evaluate"
+    assert Path(ev["output_notebook"]).is_file() and ev["output_notebook"] in line
+    assert [a.path for a in c.list_artifacts(ev["mlflow_run_id"], "notebooks")] == ["notebooks/evaluate.ipynb"]
+    assert [x.info.status for x in home.runs_of_job(j["job_run_id"])] == ["FAILED"]
+    # nothing was promoted or scored
+    assert j["champion"]["version"] is None
+    assert not home.table_exists(PREDICTIONS)
+    assert [str(v.version) for v in home.model_versions()] == [trained["model"]["version"]] == ["1"]
+
+
+def test_failed_run_prints_summary_without_json(failed_evaluate):
+    "Without --json a failed run still prints its summary table on stdout, with FAILED and SKIPPED rows."
+    home, trained, _, doomed = failed_evaluate
+    r = home.cli("run", "--steps", "evaluate,score")
+    assert r.returncode == 1, str(r)
+    assert_one_error_line(r, only_line=False)
+    rows = {l.split()[0]: l.split()[1] for l in r.stdout.splitlines()[2:] if l.split() and l.split()[0] in ("evaluate", "score")}
+    assert rows == {"evaluate": "FAILED", "score": "SKIPPED"}
+    assert any(l.startswith("job run ") and ": FAILED in " in l for l in r.stdout.splitlines())

@@ -1,0 +1,130 @@
+"""The pipeline notebooks run unchanged as Databricks job tasks: with no papermill parameters, every value
+comes from `dbutils.widgets` (the job's base_parameters).
+
+A stand-in `dbutils` is put into the kernel's namespace by an IPython startup file in a temporary IPYTHONDIR,
+so the notebook itself is exactly the one in the repository. Like Databricks, its `widgets.get` raises for a
+widget that is not defined.
+"""
+from __future__ import annotations
+import json, os, sys
+from pathlib import Path
+import pytest
+from conftest import MODEL, PIPELINES, clean_environ, head_sha
+
+STARTUP = '''
+# Test stand-in for Databricks' dbutils: widgets from the JSON in $TEST_DBUTILS_WIDGETS.
+import json as _json, os as _os
+
+class InputWidgetNotDefined(Exception):
+    "What Databricks raises for a widget that does not exist."
+
+class _Widgets:
+    def __init__(self, values): self._values = dict(values)
+    def get(self, name):
+        with open(_os.environ["TEST_DBUTILS_LOG"], "a") as f: f.write(name + "\\n")
+        if name not in self._values: raise InputWidgetNotDefined(f"No input widget named {name} is defined")
+        return self._values[name]
+
+class _DBUtils:
+    def __init__(self, values): self.widgets = _Widgets(values)
+
+dbutils = _DBUtils(_json.loads(_os.environ["TEST_DBUTILS_WIDGETS"]))
+del _DBUtils, _Widgets
+'''
+
+
+@pytest.fixture(scope="module")
+def job_task(make_home):
+    "A seeded home and a function that runs one pipeline notebook as a Databricks job task would."
+    import papermill as pm
+    home = make_home("widgets")
+    home.demo_data(rows=3000)
+    ipython_dir = home.path/"ipython"
+    (ipython_dir/"profile_default"/"startup").mkdir(parents=True)
+    (ipython_dir/"profile_default"/"startup"/"00-dbutils.py").write_text(STARTUP)
+    # a kernel spec on this very Python (the one with mlops_nb installed)
+    kdir = home.path/"jupyter"/"kernels"/"mlops-nb-test"
+    kdir.mkdir(parents=True)
+    (kdir/"kernel.json").write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                                                "display_name": "mlops-nb-test", "language": "python"}))
+    sha = head_sha()
+    mp = pytest.MonkeyPatch()
+
+    def run(step: str, **widgets) -> tuple[Path, Path]:
+        values = {"env": "dev", "job_id": "881", "run_id": "990", "task_key": step, "git_sha": sha, **widgets}
+        log = home.path/f"widgets-{step}.log"
+        # The kernel inherits os.environ: a clean one (no MLOPS_NB_*, DBR_*, GIT_SHA... from the caller's shell).
+        env = clean_environ(home.path, IPYTHONDIR=ipython_dir, JUPYTER_PATH=home.path/"jupyter",
+                            TEST_DBUTILS_WIDGETS=json.dumps(values), TEST_DBUTILS_LOG=log)
+        for k in [k for k in os.environ if k not in env]: mp.delenv(k)
+        for k, v in env.items(): mp.setenv(k, v)
+        out = home.path/"executed"/f"{step}.ipynb"
+        out.parent.mkdir(exist_ok=True)
+        pm.execute_notebook(str(PIPELINES/f"{step}.ipynb"), str(out), parameters=None, kernel_name="mlops-nb-test",
+                            progress_bar=False, cwd=str(PIPELINES))
+        return out, log
+
+    try: yield home, run, sha
+    finally: mp.undo()
+
+
+@pytest.fixture(scope="module")
+def trained(job_task):
+    home, run, sha = job_task
+    out, log = run("train", model_type="logreg")
+    return home, out, log, sha
+
+
+def _run_of(home, task_key):
+    c = home.client()
+    exp = c.get_experiment_by_name("/Shared/mlops-nb/dev")
+    runs = c.search_runs([exp.experiment_id], f"tags.task_key = '{task_key}'")
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    return runs[0]
+
+
+def test_notebook_ran_unchanged_without_parameters(trained):
+    home, out, log, sha = trained
+    nb = json.loads(out.read_text())
+    src = json.loads((PIPELINES/"train.ipynb").read_text())
+    # papermill injected nothing: same cells, same sources as the repository's notebook
+    assert [c["source"] for c in nb["cells"]] == [c["source"] for c in src["cells"]]
+    assert not any("injected-parameters" in c.get("metadata", {}).get("tags", []) for c in nb["cells"])
+    # the notebook asked the widgets for its context and its own parameters (some of which are not defined)
+    asked = set(log.read_text().split())
+    assert {"env", "job_id", "run_id", "task_key", "git_sha", "model_type", "training_table", "label"} <= asked
+
+
+def test_train_run_tagged_from_widgets(trained):
+    home, out, log, sha = trained
+    run = _run_of(home, "train")
+    t, p = run.data.tags, run.data.params
+    assert run.info.status == "FINISHED"
+    assert t["DBR_JOB_ID"] == "881" and t["DBR_RUN_ID"] == "990"
+    assert t["task_key"] == "train" and t["env"] == "dev" and t["GIT_SHA"] == sha
+    assert p["model_type"] == "logreg"
+    # widgets that do not exist fall back to the env's defaults
+    assert p["training_table"] == "dev.mlops_nb.training" and p["label"] == "label"
+
+
+def test_model_version_tagged_from_widgets(trained):
+    home, out, log, sha = trained
+    versions = home.model_versions(MODEL)
+    assert [str(v.version) for v in versions] == ["1"]
+    t = versions[0].tags
+    assert t["DBR_RUN_ID"] == "990" and t["DBR_JOB_ID"] == "881" and t["GIT_SHA"] == sha
+    assert t["model_type"] == "logreg" and t["task_key"] == "train"
+    assert t["MLFLOW_RUN_ID"] == _run_of(home, "train").info.run_id == versions[0].run_id
+
+
+def test_evaluate_as_next_task(trained, job_task):
+    "The next task of the same job run: evaluate finds the candidate through the registry and promotes it."
+    home, run, sha = job_task
+    out, log = run("evaluate")
+    ev = _run_of(home, "evaluate")
+    assert ev.info.status == "FINISHED"
+    assert ev.data.tags["DBR_RUN_ID"] == "990" and ev.data.tags["DBR_JOB_ID"] == "881"
+    c = home.client()
+    assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
+    tags = c.get_model_version(MODEL, "1").tags
+    assert tags["candidate"] == "false" and tags["model_validation_status"] == "PASSED"
