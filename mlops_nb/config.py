@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses, json, logging, os, tomllib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError
+from .core import ConfigError, env_vars
 
 # %% auto #0
 __all__ = ['ENVS', 'on_databricks', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri', 'registry_uri', 'artifact_root',
@@ -157,8 +157,11 @@ def configure_mlflow(cfg:EnvConfig) -> str:
     import mlflow
     uri = tracking_uri()
     if uri.startswith("sqlite:"): mlops_home().mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(registry_uri())
+    # mlflow's setters also write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into os.environ, where tracking_uri()
+    # would later take them for the user's own setting; put the environment back as it was.
+    with env_vars(MLFLOW_TRACKING_URI=os.environ.get("MLFLOW_TRACKING_URI"), MLFLOW_REGISTRY_URI=os.environ.get("MLFLOW_REGISTRY_URI")):
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(registry_uri())
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is not None: exp_id = exp.experiment_id
