@@ -47,6 +47,7 @@ class EnvConfig:
     # online serving (`mlops-nb serve`, nbs/14_serving.ipynb)
     inference_log_table: str = "inference_log" # every answer of the serving API, with its lineage
     serve_max_body_bytes: int = 1_000_000     # larger request bodies get 413
+    serve_max_batch_rows: int = 256           # concurrent /predict requests answered by one model call: rows, at most
     serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
     require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it

@@ -4,18 +4,19 @@
 
 # %% ../nbs/14_serving.ipynb #de9f3430
 from __future__ import annotations
-import datetime as _dt, hmac, json, os, queue, sys, threading, time, uuid
+import asyncio, collections, datetime as _dt, hmac, json, os, queue, sys, threading, time, uuid
 from dataclasses import dataclass, field
 from typing import Callable
-import pandas as pd, pyarrow as pa
+import numpy as np, pandas as pd, pyarrow as pa
 from .core import ParameterError
 from .config import EnvConfig
 from .scoring import InputColumn, prediction_id
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
+from fastapi.responses import JSONResponse
 
 # %% auto #0
-__all__ = ['INFERENCE_LOG_SCHEMA', 'LoadedModel', 'load_champion', 'record_errors', 'records_frame', 'InferenceLog', 'create_app',
-           'cmd_serve', 'add_serving_commands']
+__all__ = ['INFERENCE_LOG_SCHEMA', 'LoadedModel', 'load_champion', 'record_errors', 'records_frame', 'InferenceLog',
+           'MicroBatcher', 'create_app', 'cmd_serve', 'add_serving_commands']
 
 # %% ../nbs/14_serving.ipynb #ce5ec0a8
 @dataclass
@@ -176,30 +177,114 @@ async def _read_body(request, limit:int) -> bytes|None:
         chunks.append(chunk)
     return b"".join(chunks)
 
-def _log_record(request, response, started:float) -> dict:
-    "The inference log record of one response."
-    rec = {"request_id": request.state.request_id, "logged_at": _dt.datetime.now(_dt.timezone.utc),
-           "method": request.method, "path": request.url.path, "status": response.status_code,
-           "latency_ms": (time.perf_counter() - started) * 1000}
-    model = getattr(request.app.state, "model", None)
-    if model is not None: rec.update(model.lineage())
-    rec.update(getattr(request.state, "log", {}))
-    return rec
+class _GuardAndLog:
+    "ASGI middleware: the bearer token check (401), an `X-Request-ID` on every response, and its inference log record."
+    def __init__(self, app, token:str=""): self.app, self.token = app, token
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http": return await self.app(scope, receive, send)
+        started, rid, status = time.perf_counter(), str(uuid.uuid4()), [500]
+        state = scope.setdefault("state", {})   # what handlers see as `request.state`
+        state["request_id"] = rid
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+        try:
+            auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            if self.token and not _bearer_ok(auth, self.token):
+                await JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_with_id)
+            else: await self.app(scope, receive, send_with_id)
+        finally:
+            app_state = scope["app"].state
+            if getattr(app_state, "log", None) is not None:
+                rec = {"request_id": rid, "logged_at": _dt.datetime.now(_dt.timezone.utc), "method": scope["method"],
+                       "path": scope["path"], "status": status[0], "latency_ms": (time.perf_counter() - started) * 1000}
+                model = getattr(app_state, "model", None)
+                if model is not None: rec.update(model.lineage())
+                rec.update(state.get("log", {}))
+                app_state.log.add(rec)
 
 # %% ../nbs/14_serving.ipynb #bd810053
-def _predict(state, body:bytes, request_id:str):
-    "Status, answer and inference-log fields of one `/predict` body."
-    m = state.model
+def _check_body(body:bytes, inputs:list):
+    "`(records, None)` of a valid `/predict` body, else `(None, (422, answer, inference-log fields))`."
     try: records = json.loads(body)
     except ValueError as e:
-        return 422, {"detail": [{"loc": ["body"], "msg": f"invalid JSON: {e}", "type": "json_invalid"}]}, {"error": "invalid JSON"}
-    errs = record_errors(records, m.inputs)
-    if errs: return 422, {"detail": errs}, {"inputs": json.dumps(records)[:10_000], "error": json.dumps(errs)[:10_000]}
-    proba = [float(p) for p in m.predict(records_frame(records, m.inputs))]
+        return None, (422, {"detail": [{"loc": ["body"], "msg": f"invalid JSON: {e}", "type": "json_invalid"}]}, {"error": "invalid JSON"})
+    errs = record_errors(records, inputs)
+    if errs: return None, (422, {"detail": errs}, {"inputs": json.dumps(records)[:10_000], "error": json.dumps(errs)[:10_000]})
+    return records, None
+
+def _answer(m:LoadedModel, records:list, proba, request_id:str, threshold:float):
+    "Status, answer and inference-log fields of `records`, whose probabilities `m` predicted."
     ids = [prediction_id(request_id, m.version, i) for i in range(len(records))]
-    preds = [{"probability": p, "label": int(p >= state.threshold)} for p in proba]
+    preds = [{"probability": float(p), "label": int(p >= threshold)} for p in proba]
     answer = {"request_id": request_id, **m.lineage(), "prediction_ids": ids, "predictions": preds}
     return 200, answer, {"inputs": json.dumps(records), "outputs": json.dumps(preds), "prediction_ids": ids, **m.lineage()}
+
+# %% ../nbs/14_serving.ipynb #4d7f2a91
+def _predict_batch(m:LoadedModel, requests:list) -> list:
+    "For each request (a list of records), its probabilities from one call of `m`; if that call fails, each request alone (its exception in its place)."
+    def one(records):
+        proba = np.asarray(m.predict(records_frame(records, m.inputs)), dtype="float64")
+        if proba.shape != (len(records),): raise ValueError(f"the model returned {proba.shape} probabilities for {len(records)} records")
+        return proba
+    sizes = [len(r) for r in requests]
+    try: return np.split(one([rec for records in requests for rec in records]), np.cumsum(sizes)[:-1])
+    except Exception as e:
+        if len(requests) == 1: return [e]
+    out = []
+    for records in requests:
+        try: out.append(one(records))
+        except Exception as e: out.append(e)
+    return out
+
+class MicroBatcher:
+    "Answer concurrent requests with one model call: requests that arrive while the model is busy go together in the next call."
+    def __init__(self, model:Callable,  # () -> the `LoadedModel` to use (read when each call starts)
+                 max_rows:int=256,      # rows per model call, at most; a larger request goes alone
+                ):
+        if max_rows < 1: raise ParameterError(f"micro-batching: expected serve_max_batch_rows >= 1, found {max_rows}")
+        self.model, self.max_rows = model, max_rows
+        self.waiting, self.task = collections.deque(), None
+        self.calls = self.requests = self.rows = 0   # model calls, and the requests and rows they answered
+
+    async def predict(self, records:list):
+        "`(LoadedModel, probabilities)` of checked `records`, computed together with whatever else is waiting."
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self.waiting.append((records, fut))
+        if self.task is None: self.task = loop.create_task(self._drain())
+        return await fut
+
+    def _take(self) -> list:
+        "The next call's requests: the waiting ones in arrival order, up to `max_rows` rows (always at least one)."
+        batch, n = [], 0
+        while self.waiting and (not batch or n + len(self.waiting[0][0]) <= self.max_rows):
+            batch.append(self.waiting.popleft()); n += len(batch[-1][0])
+        return batch
+
+    async def _drain(self):
+        "Call the model until nothing waits."
+        batch = []
+        try:
+            while self.waiting:
+                batch = self._take()
+                m = self.model()
+                results = await asyncio.to_thread(_predict_batch, m, [records for records, _ in batch])
+                for (_, fut), res in zip(batch, results):
+                    if fut.done(): continue   # the client went away
+                    if isinstance(res, BaseException): fut.set_exception(res)
+                    else: fut.set_result((m, res))
+                self.calls += 1; self.requests += len(batch); self.rows += sum(len(r) for r, _ in batch)
+                batch = []
+        except BaseException as e:  # cancelled at shutdown, or a bug here: nobody may wait forever
+            for _, fut in [*batch, *self.waiting]:
+                if not fut.done(): fut.set_exception(RuntimeError(f"micro-batching stopped: {type(e).__name__}"))
+            self.waiting.clear()
+            raise
+        finally: self.task = None
 
 # %% ../nbs/14_serving.ipynb #5a1d048d
 def create_app(cfg:EnvConfig,          # the env: model, inference log table, limits
@@ -210,7 +295,6 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
     "The FastAPI app that serves `cfg`'s champion."
     import contextlib
     from fastapi import FastAPI
-    from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
     loader = loader or load_champion
     token = token if token is not None else os.environ.get("MLOPS_NB_SERVE_TOKEN", "")
@@ -219,6 +303,7 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
     async def lifespan(app):
         st = app.state
         st.model, st.threshold, st.limit = loader(cfg), cfg.decision_threshold, cfg.serve_max_body_bytes
+        st.batcher = MicroBatcher(lambda: st.model, cfg.serve_max_batch_rows)
         st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
         try: yield
         finally:
@@ -226,16 +311,7 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
 
     app = FastAPI(title="mlops-nb", summary=f"the {cfg.env} champion of {cfg.registered_model}", lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard_and_log(request: Request, call_next):
-        started = time.perf_counter()
-        request.state.request_id = str(uuid.uuid4())
-        if token and not _bearer_ok(request.headers.get("authorization"), token):
-            response = JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})
-        else: response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        if request.app.state.log is not None: request.app.state.log.add(_log_record(request, response, started))
-        return response
+    app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
 
     @app.post("/predict")
     async def predict(request: Request):
@@ -244,7 +320,17 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
         if body is None:
             request.state.log = {"error": f"body larger than {st.limit} bytes"}
             return JSONResponse({"detail": f"request body larger than {st.limit} bytes; send fewer records per request"}, 413)
-        status, answer, request.state.log = _predict(st, body, request.state.request_id)
+        records, error = _check_body(body, st.model.inputs)
+        if error:
+            status, answer, request.state.log = error
+            return JSONResponse(answer, status)
+        try: m, proba = await st.batcher.predict(records)
+        except Exception as e:
+            what = f"{type(e).__name__}: {e}"
+            print(f"mlops-nb serve: request {request.state.request_id}: the model failed: {what}", file=sys.stderr, flush=True)
+            request.state.log = {"inputs": json.dumps(records)[:10_000], "error": what[:10_000]}
+            return JSONResponse({"detail": f"the model could not answer these records: {what}"}, 500)
+        status, answer, request.state.log = _answer(m, records, proba, request.state.request_id, st.threshold)
         return JSONResponse(answer, status)
 
     @app.post("/reload")
@@ -257,7 +343,9 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
     async def health(request: Request):
         st = request.app.state
         lg = st.log
+        b = st.batcher
         return {"status": "ok", "model_version": st.model.version,
+                "micro_batching": {"model_calls": b.calls, "requests": b.requests, "rows": b.rows, "max_rows": b.max_rows},
                 "inference_log": None if lg is None else {"pending": lg.pending(), "written": lg.written, "dropped": lg.dropped}}
 
     @app.get("/version")
