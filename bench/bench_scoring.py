@@ -9,7 +9,7 @@ bigger table for the peak memory of the whole job alone.
     .venv/bin/python bench/bench_scoring.py                              # defaults: 300,000 rows, memory run 600,000
     .venv/bin/python bench/bench_scoring.py --rows 5000000 --memory-rows 20000000   # the full sizes
 Environment: MLOPS_NB_BENCH_ROWS, MLOPS_NB_BENCH_MEMORY_ROWS (same as the flags).
-The job's Spark settings come from the environment as in production: MLOPS_NB_SPARK_DRIVER_MEMORY (default 2g;
+The job's Spark settings come from the environment as in production: MLOPS_NB_SPARK_DRIVER_MEMORY (default 1g;
 the local JVM's heap, the largest part of the job's memory), MLOPS_NB_SPARK_ARROW_BATCH, MLOPS_NB_SPARK_MASTER.
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ def get_spark(app_name:str="mlops-nb"):
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
-             .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "2g"))
+             .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
              .config("spark.sql.session.timeZone", "UTC").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark
