@@ -139,6 +139,11 @@ def find_step_run(cfg:EnvConfig, job_run_id:str, step:str):
     return runs[0] if runs else None
 
 # %% ../nbs/10_runner.ipynb #51742a62
+def _sentence(s:str) -> str:
+    "`s` ending with a full stop (unless it ends with one, or with ! or ?)."
+    s = str(s).rstrip()
+    return s if s.endswith((".", "!", "?")) else s + "."
+
 def run_step(step:str, job:JobRun, params:dict, out_dir:Path) -> StepResult:
     "Run one step's notebook with papermill; log the executed notebook to its MLflow run."
     import papermill as pm, mlflow
@@ -156,18 +161,28 @@ def run_step(step:str, job:JobRun, params:dict, out_dir:Path) -> StepResult:
         res.status = "FAILED"
         first = next((l for l in (e.source or "").splitlines() if l.strip() and not l.startswith("#")), "")
         res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] `{first[:80]}` "
-                     f"raised {e.ename}: {e.evalue}. Partly executed notebook: {res.output_notebook}")
+                     f"raised {e.ename}: {_sentence(e.evalue)} Partly executed notebook: {res.output_notebook}")
     except Exception as e:  # kernel died, timeout, ...
         res.status = "FAILED"
-        res.error = f"step {step} failed: notebook {step_notebook(step).name} could not run: {type(e).__name__}: {e}. Partly executed notebook: {res.output_notebook}"
+        res.error = f"step {step} failed: notebook {step_notebook(step).name} could not run: {type(e).__name__}: {_sentence(str(e))} Partly executed notebook: {res.output_notebook}"
     res.seconds = round(time.monotonic() - t0, 1)
     configure_mlflow(cfg)
     run = find_step_run(cfg, job.job_run_id, step)
+    if run is None and res.status == "FAILED":
+        # It failed before it started its MLflow run (a bad value, a one-class label): start that run now, so the
+        # failure, its lineage and the partial notebook are in MLflow like any other step's.
+        from mlops_nb.context import resolve_context
+        from mlops_nb.tracking import start_step_run
+        ctx = resolve_context(**{k: inject[k] for k in CONTEXT_PARAMS}, cwd=pipelines_dir())
+        run = start_step_run(ctx, cfg, params)
+        mlflow.end_run("FAILED")
+        run = mlflow.MlflowClient().get_run(run.info.run_id)
     if run is not None:
         res.mlflow_run_id = run.info.run_id
         res.outputs = {k[len("output."):]: v for k, v in run.data.tags.items() if k.startswith("output.")}
         client = mlflow.MlflowClient()
         if Path(res.output_notebook).is_file(): client.log_artifact(run.info.run_id, res.output_notebook, "notebooks")
+        if res.status == "FAILED": client.set_tag(run.info.run_id, "error", res.error[:5000])
         if res.status == "FAILED" or run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "FAILED" if res.status == "FAILED" else "FINISHED")
     return res

@@ -88,7 +88,7 @@ def test_one_class_label_fails_clearly(one_class_run):
     assert r.returncode == 1, str(r)
     line = assert_one_error_line(r, only_line=False)  # progress lines come first
     assert r.stderr.strip().splitlines()[-1] == line
-    assert "label 'label'" in line and "two classes" in line and "found 1" in line
+    assert "label 'label'" in line and "two classes" in line and "found 1" in line and ".." not in line
     j = r.json()  # the JSON is printed even though the run failed
     assert j["status"] == "FAILED"
     train = j["steps"][0]
@@ -109,15 +109,18 @@ def test_one_class_label_fails_clearly(one_class_run):
     assert_nothing_written(home)
 
 
-def test_one_class_label_leaves_no_running_mlflow_run(one_class_run):
+def test_one_class_label_failure_is_in_a_failed_mlflow_run(one_class_run):
+    "train fails before its notebook starts an MLflow run: the runner starts one, with lineage, error and notebook, FAILED."
     home, r = one_class_run
     j = r.json()
     train = j["steps"][0]
-    if home.db.is_file():
-        runs = home.runs_of_job(j["job_run_id"])
-        assert all(run.info.status != "RUNNING" for run in runs), [(x.info.run_id, x.info.status) for x in runs]
-        if train["mlflow_run_id"]:
-            assert home.client().get_run(train["mlflow_run_id"]).info.status == "FAILED"
+    runs = home.runs_of_job(j["job_run_id"])
+    assert [(x.info.run_id, x.info.status) for x in runs] == [(train["mlflow_run_id"], "FAILED")]
+    run = runs[0]
+    assert run.data.tags["task_key"] == "train" and run.data.tags["error"] == train["error"]
+    assert run.data.tags["GIT_SHA"] == j["git_sha"] and "environment_hash" in run.data.tags
+    assert run.data.params["training_table"] == ONE_CLASS
+    assert [a.path for a in home.client().list_artifacts(run.info.run_id, "notebooks")] == ["notebooks/train.ipynb"]
 
 
 @pytest.fixture(scope="module")
