@@ -111,11 +111,11 @@ class InferenceLog:
         self.table, self.batch_rows, self.flush_seconds = table, batch_rows, flush_seconds
         self.q, self.written, self.dropped, self.commits = queue.Queue(max_pending), 0, 0, 0
         self._stop = object()
-        self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)
-        self.thread.start()
+        self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)  # started by the first `add`
 
     def add(self, record:dict):
         "Queue one record (a dict with some of the schema's columns); never blocks."
+        if self.thread.ident is None: self.thread.start()
         try: self.q.put_nowait(record)
         except queue.Full: self.dropped += 1
 
@@ -301,15 +301,17 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        st = app.state
-        st.model, st.threshold, st.limit = loader(cfg), cfg.decision_threshold, cfg.serve_max_body_bytes
-        st.batcher = MicroBatcher(lambda: st.model, cfg.serve_max_batch_rows)
-        st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
         try: yield
         finally:
-            if st.log is not None: st.log.close()
+            if app.state.log is not None: app.state.log.close()
 
     app = FastAPI(title="mlops-nb", summary=f"the {cfg.env} champion of {cfg.registered_model}", lifespan=lifespan)
+    # Everything that can fail (no champion, a bad setting) fails here, before the server starts: a clear error, not
+    # a traceback from uvicorn's start-up.
+    st = app.state
+    st.model, st.threshold, st.limit = loader(cfg), cfg.decision_threshold, cfg.serve_max_body_bytes
+    st.batcher = MicroBatcher(lambda: st.model, cfg.serve_max_batch_rows)
+    st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
 
     app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
 

@@ -105,6 +105,16 @@ def test_concurrent_requests_share_model_calls_and_keep_their_own_answers(server
     assert len({a.json()["request_id"] for a in answers}) == 48
 
 
+def test_serve_fails_before_starting_with_one_clear_line(tmp_path, server):
+    "No champion, or a bad setting: `mlops-nb serve` exits with one error line, no traceback, before listening."
+    from conftest import run_cli
+    r = run_cli(tmp_path, "serve", "--port", free_port(), timeout=120)
+    assert r.returncode == 1 and "has no champion" in r.stderr and "Traceback" not in r.stderr, str(r)
+    (tmp_path/"bad.toml").write_text("[dev]\nserve_max_batch_rows = 0\n")
+    r = run_cli(server["home"], "serve", "--port", free_port(), env={"MLOPS_NB_CONFIG": str(tmp_path/"bad.toml")}, timeout=120)
+    assert r.returncode == 2 and "serve_max_batch_rows >= 1, found 0" in r.stderr and "Traceback" not in r.stderr, str(r)
+
+
 def test_reload_picks_up_a_new_champion_and_shutdown_flushes_the_log(server):
     c, home, proc = server["client"], server["home"], server["proc"]
     with home_environ(home):
