@@ -72,7 +72,8 @@ def in_process(table: str, out: str) -> dict:
     from mlops_nb.config import load_config, configure_mlflow
     from mlops_nb.lakehouse import open_delta
     cfg = load_config("dev"); configure_mlflow(cfg)
-    model = mlflow.sklearn.load_model(f"models:/{cfg.registered_model}@champion")
+    from mlops_nb.pyfunc_model import sklearn_estimator
+    model = sklearn_estimator(mlflow.pyfunc.load_model(f"models:/{cfg.registered_model}@champion"))  # the bare estimator
     t0 = time.perf_counter()
     data = open_delta(table).to_pyarrow_dataset().to_table()
     proba = model.predict_proba(data.drop_columns(["id"]).to_pandas())[:, 1]

@@ -15,7 +15,7 @@ from .context import RunContext
 __all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'get_spark', 'read_spark_table', 'champion_of', 'InputColumn', 'model_inputs',
            'model_features', 'schema_problems', 'null_problems', 'check_input', 'prediction_id', 'lineage_columns',
            'spark_arrow_batches', 'with_lineage', 'prediction_schema', 'batch_reader', 'ScoreResult',
-           'existing_prediction_ids', 'score_table']
+           'existing_prediction_ids', 'probability_udf', 'score_table']
 
 # %% ../nbs/09_scoring.ipynb #d2f57783
 def get_spark(app_name:str="mlops-nb"):
@@ -104,8 +104,18 @@ def schema_problems(types:dict,    # the table's {column: Spark type name}, e.g.
     return out
 
 # %% ../nbs/09_scoring.ipynb #9a6024c9
+def _arrow_null_counts(data, req:list) -> dict:
+    "{column: nulls + NaN} of the columns `req` of pyarrow dataset `data`, batch by batch."
+    import pyarrow.compute as pc
+    counts = dict.fromkeys(req, 0)
+    for b in data.to_batches(columns=req):
+        for name, a in zip(req, b.columns):
+            counts[name] += a.null_count + ((pc.sum(pc.is_nan(a)).as_py() or 0) if pa.types.is_floating(a.type) else 0)
+    return counts
+
 def null_problems(sdf,          # the Spark DataFrame to score
                   inputs:list,  # the model's `InputColumn`s
+                  arrow=None,   # a pyarrow dataset of the same rows (locally, the Delta snapshot): counted without a Spark job
                  ) -> list:
     "The required columns of `sdf` that hold nulls (or NaN), with their counts, one line per column."
     from pyspark.sql import functions as F
@@ -116,18 +126,20 @@ def null_problems(sdf,          # the Spark DataFrame to score
         col = F.col(c.name)
         isna = col.isNull() | F.isnan(col) if _base_type(types[c.name]) in ("float", "double") else col.isNull()
         return F.sum(isna.cast("long")).alias(c.name)
-    counts = sdf.agg(*[missing(c) for c in req]).first().asDict()
+    if arrow is not None: counts = _arrow_null_counts(arrow, [c.name for c in req])
+    else: counts = sdf.agg(*[missing(c) for c in req]).first().asDict()
     return [f"column {k} has {n} null value(s), and the model's signature marks it required" for k, n in counts.items() if n]
 
 def check_input(sdf,          # the Spark DataFrame to score
                 inputs:list,  # the model's `InputColumn`s
                 what:str,     # what is scored, for the message, e.g. "table dev.s.t@3"
                 model:str,    # which model, for the message, e.g. "model dev.s.m version 2"
+                arrow=None,   # a pyarrow dataset of the same rows, for `null_problems`
                ):
     "Raise one `DataError` listing every way `sdf` does not fit the model's signature."
     problems = schema_problems(dict(sdf.dtypes), inputs)
     bad = {p.split()[1].rstrip(":") for p in problems}
-    problems += null_problems(sdf.select(*[c for c in sdf.columns if c not in bad]), inputs)
+    problems += null_problems(sdf.select(*[c for c in sdf.columns if c not in bad]), inputs, arrow)
     if problems:
         optional = [c.name for c in inputs if not c.required]
         raise DataError(f"{what} does not fit {model} (its MLflow signature): " + "; ".join(problems)
@@ -224,6 +236,15 @@ def _features(sdf, inputs:list):
     from pyspark.sql import functions as F
     return [(F.col(c.name) if c.name in sdf.columns else F.lit(None)).cast(SPARK_CAST[c.type]).alias(c.name) for c in inputs]
 
+def probability_udf(spark, model_uri:str):
+    "A function of the features' struct column giving P(class 1), from `mlflow.pyfunc.spark_udf` (env manager `local`)."
+    import mlflow
+    sig = mlflow.models.get_model_info(model_uri).signature
+    out = sig.outputs.inputs if sig is not None and sig.outputs is not None else []
+    two = len(out) == 1 and len(getattr(out[0], "shape", None) or ()) == 2  # predict_proba: (n, 2)
+    udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type="array<double>" if two else "double")
+    return (lambda features: udf(features).getItem(1)) if two else udf
+
 # %% ../nbs/09_scoring.ipynb #5435ab9b
 def _peek(batches):
     "The first batch of an iterator (None when empty) and an iterator over all of them."
@@ -265,6 +286,7 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     from pyspark.sql.pandas.types import to_arrow_type
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.config import configure_mlflow
+    from mlops_nb.lakehouse import open_delta
     table, out_table = cfg.qualify(table or cfg.scoring_table), cfg.qualify(predictions_table or cfg.predictions_table)
     configure_mlflow(cfg)
     client, name = mlflow.MlflowClient(), cfg.registered_model
@@ -273,15 +295,16 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     inputs = model_inputs(uri)
     spark = get_spark()
     sdf, v = read_spark_table(spark, table, version)
-    check_input(sdf, inputs, f"table {table}@{v}", f"model {name} version {mv.version}")
+    arrow = None if on_databricks() else open_delta(table, v).to_pyarrow_dataset()  # the snapshot Spark reads
+    check_input(sdf, inputs, f"table {table}@{v}", f"model {name} version {mv.version}", arrow)
     keys = [k for k in cfg.keys if k in sdf.columns]
     start_step_run(ctx, cfg, {"input_table": table, "input_version": v, "model_version": mv.version,
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
-    udf = mlflow.pyfunc.spark_udf(spark, uri, env_manager="local", result_type="array<double>")
+    probability = probability_udf(spark, uri)
     pid = F.substring(F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)),
                                          *[F.col(k).cast("string") for k in keys]), 256), 1, 32)
-    scored = sdf.select(pid.alias("prediction_id"), *keys, udf(F.struct(*_features(sdf, inputs))).getItem(1).alias("probability"))
+    scored = sdf.select(pid.alias("prediction_id"), *keys, probability(F.struct(*_features(sdf, inputs))).alias("probability"))
     lineage = lineage_columns(ctx, mv, table, v, _dt.datetime.now(_dt.timezone.utc))
     meta = {"job_run_id": ctx.run_id, "model_version": mv.version, "git_sha": ctx.git_sha, "input_table": table, "input_version": v}
     counts = {"rows": 0, "skipped": 0}

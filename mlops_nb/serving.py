@@ -40,18 +40,15 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     from mlops_nb.config import configure_mlflow
     from mlops_nb.scoring import champion_of, model_inputs
     from mlops_nb.training import positive_proba
+    from mlops_nb.pyfunc_model import sklearn_estimator
     configure_mlflow(cfg)
     client = mlflow.MlflowClient()
     mv = champion_of(client, cfg.registered_model)
     uri = f"models:/{cfg.registered_model}/{mv.version}"
     sha = (mv.tags or {}).get("GIT_SHA") or client.get_run(mv.run_id).data.tags.get("GIT_SHA", "")
-    if "sklearn" in mlflow.models.get_model_info(uri).flavors:
-        # records are already checked against the signature: skip pyfunc's per-call schema enforcement (a few ms)
-        model = mlflow.sklearn.load_model(uri)
-        predict = lambda df: positive_proba(model.predict_proba(df))
-    else:
-        model = mlflow.pyfunc.load_model(uri)
-        predict = lambda df: positive_proba(model.predict(df))
+    model = mlflow.pyfunc.load_model(uri)
+    est = sklearn_estimator(model)
+    predict = (lambda df: positive_proba(est.predict_proba(df))) if est is not None else (lambda df: positive_proba(model.predict(df)))
     return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict)
 
 # %% ../nbs/14_serving.ipynb #3079acf3

@@ -12,8 +12,8 @@ from .context import RunContext
 
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'SKOPS_TRUSTED_TYPES', 'Columns', 'split_list', 'resolve_columns', 'check_label', 'holdout_mask',
-           'split_holdout', 'check_model_type', 'build_model', 'positive_proba', 'score_metrics', 'TrainResult',
-           'pip_requirements', 'train_candidate']
+           'split_holdout', 'check_model_type', 'build_model', 'positive_proba', 'score_metrics', 'pip_requirements',
+           'log_classifier', 'TrainResult', 'train_candidate']
 
 # %% ../nbs/07_training.ipynb #7ec74dc8
 @dataclass
@@ -117,6 +117,33 @@ def score_metrics(y_true, proba, threshold:float=0.5) -> dict:
             "brier": float(m.brier_score_loss(y_true, proba)), "accuracy": float(m.accuracy_score(y_true, label)),
             "f1": float(m.f1_score(y_true, label, zero_division=0)), "rows": int(len(y_true))}
 
+# %% ../nbs/07_training.ipynb #d13940aa
+def pip_requirements() -> list:
+    "The pinned packages a logged model needs to load and predict."
+    import importlib.metadata as md
+    return [f"{p}=={md.version(p)}" for p in ("scikit-learn", "numpy", "pandas", "scipy", "skops")]
+
+# The scikit-learn model inside is saved with skops (no arbitrary code on load; the pyfunc's own pickle holds only a
+# reference to `PositiveClassModel`). These are the types our model types hold beyond skops' defaults, reviewed: we
+# only load models this project trained.
+SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+
+def log_classifier(model,                 # a fitted scikit-learn classifier (`predict_proba`)
+                   sample:pd.DataFrame,   # feature rows for the signature
+                   name:str="model",      # the logged model's name in the run
+                  ):
+    "Log `model` in the active run as a `PositiveClassModel` pyfunc with a signature; its `ModelInfo`."
+    import mlflow, tempfile, warnings
+    from mlflow.models import infer_signature
+    from mlops_nb.pyfunc_model import PositiveClassModel
+    sig = infer_signature(sample, positive_proba(model.predict_proba(sample)))
+    with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input example was not provided")  # the signature is explicit
+        mlflow.sklearn.save_model(model, f"{d}/sklearn", serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
+                                  pip_requirements=pip_requirements())
+        return mlflow.pyfunc.log_model(name=name, python_model=PositiveClassModel(), artifacts={"sklearn_model": f"{d}/sklearn"},
+                                       signature=sig, pip_requirements=pip_requirements())
+
 # %% ../nbs/07_training.ipynb #7af0bc14
 @dataclass
 class TrainResult:
@@ -127,15 +154,6 @@ class TrainResult:
     metrics: dict
     data_version: int
     model_uri: str = ""  # the logged model (`models:/<model id>`)
-
-def pip_requirements() -> list:
-    "The pinned packages a logged model needs to load and predict."
-    import importlib.metadata as md
-    return [f"{p}=={md.version(p)}" for p in ("scikit-learn", "numpy", "pandas", "scipy", "skops")]
-
-# Models are saved with skops (no arbitrary code on load). These are the types our model types hold beyond skops'
-# defaults, reviewed: we only load models this project trained.
-SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 def train_candidate(ctx:RunContext,     # the run this step belongs to
                     cfg:EnvConfig,      # the env's settings
@@ -149,7 +167,6 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
                    ) -> TrainResult:
     "Train, log and register one candidate model version from a table."
     import mlflow
-    from mlflow.models import infer_signature
     from mlops_nb.lakehouse import read_table
     from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run, lineage_tags
     model_type = check_model_type(model_type or cfg.model_type)
@@ -175,9 +192,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
     mlflow.log_metric("training_rows", int((~ho).sum()))
     sample = df.loc[~ho, cols.features].head(200)
-    info = mlflow.sklearn.log_model(model, name="model", signature=infer_signature(sample, model.predict_proba(sample)),
-                                    pip_requirements=pip_requirements(), pyfunc_predict_fn="predict_proba",
-                                    skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    info = log_classifier(model, sample)
     if not register:
         mlflow.set_tag("registered", "false")
         set_step_outputs(model_uri=info.model_uri)

@@ -96,3 +96,52 @@ def test_optional_columns_may_be_missing(champ):
     r = score_table(_ctx("local-20260101T000000-dddddd"), cfg, table="dev.mlops_nb.slim_batch", predictions_table="dev.mlops_nb.slim_predictions")
     out = read_table("dev.mlops_nb.slim_predictions").data
     assert r.rows == 300 and out.probability.between(0, 1).all()
+
+
+def test_a_version_logged_with_predict_proba_still_scores_class_1(champ):
+    "Versions logged before `PositiveClassModel` (sklearn flavor, pyfunc predict = predict_proba) score as before."
+    import mlflow
+    from mlflow.models import infer_signature
+    from mlops_nb.config import load_config
+    from mlops_nb.lakehouse import read_table, write_table
+    from mlops_nb.pyfunc_model import sklearn_estimator
+    from mlops_nb.scoring import score_table
+    from mlops_nb.training import SKOPS_TRUSTED_TYPES, pip_requirements
+    home, model = champ
+    cfg = load_config("dev")
+    est = sklearn_estimator(mlflow.pyfunc.load_model(f"models:/{cfg.registered_model}/{model.version}"))
+    df = read_table(cfg.qualify(cfg.scoring_table)).data.head(400)
+    x = df.drop(columns=["id"])
+    with mlflow.start_run():
+        info = mlflow.sklearn.log_model(est, name="model", signature=infer_signature(x, est.predict_proba(x)),
+                                        pyfunc_predict_fn="predict_proba", pip_requirements=pip_requirements(),
+                                        skops_trusted_types=SKOPS_TRUSTED_TYPES)
+    old = mlflow.register_model(info.model_uri, cfg.registered_model)
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(cfg.registered_model, "champion", old.version)
+    try:
+        write_table(df, "dev.mlops_nb.old_model_batch", mode="overwrite")
+        r = score_table(_ctx("local-20260101T000000-eeeeee"), cfg, table="dev.mlops_nb.old_model_batch",
+                        predictions_table="dev.mlops_nb.old_model_predictions")
+    finally:
+        client.set_registered_model_alias(cfg.registered_model, "champion", model.version)
+    out = read_table("dev.mlops_nb.old_model_predictions").data.set_index("id").loc[df.id]
+    assert (r.rows, r.model_version) == (400, str(old.version))
+    assert np.abs(out.probability.to_numpy() - est.predict_proba(x)[:, 1]).max() < 1e-12  # class 1, not class 0
+
+
+def test_null_counts_agree_between_spark_and_the_arrow_snapshot(champ):
+    "Locally `check_input` counts nulls and NaN in the Delta snapshot with pyarrow: the same lines as the Spark job."
+    import pyarrow as pa
+    from mlops_nb.lakehouse import open_delta, write_table
+    from mlops_nb.scoring import InputColumn, get_spark, null_problems, read_spark_table
+    t = pa.table({"a": pa.array([1.0, float("nan"), None, 4.0]), "b": pa.array(["x", None, "y", None]),
+                  "c": pa.array([1, 2, 3, None], pa.int64()), "d": pa.array([1.0, 2.0, 3.0, 4.0]), "e": pa.array([None] * 4, pa.float64())})
+    write_table(t, "dev.mlops_nb.nulls_batch", mode="overwrite")
+    inputs = [InputColumn("a", "double", True), InputColumn("b", "string", True), InputColumn("c", "long", True),
+              InputColumn("d", "double", True), InputColumn("e", "double", False), InputColumn("f", "double", True)]
+    sdf, v = read_spark_table(get_spark(), "dev.mlops_nb.nulls_batch")
+    on_spark = null_problems(sdf, inputs)
+    on_arrow = null_problems(sdf, inputs, open_delta("dev.mlops_nb.nulls_batch", v).to_pyarrow_dataset())
+    assert on_spark == on_arrow
+    assert [line.split(" value(s)")[0] for line in on_arrow] == ["column a has 2 null", "column b has 2 null", "column c has 1 null"]
