@@ -105,12 +105,22 @@ def schema_problems(types:dict,    # the table's {column: Spark type name}, e.g.
 
 # %% ../nbs/09_scoring.ipynb #9a6024c9
 def _arrow_null_counts(data, req:list) -> dict:
-    "{column: nulls + NaN} of the columns `req` of pyarrow dataset `data`, batch by batch."
-    import pyarrow.compute as pc
-    counts = dict.fromkeys(req, 0)
-    for b in data.to_batches(columns=req):
-        for name, a in zip(req, b.columns):
-            counts[name] += a.null_count + ((pc.sum(pc.is_nan(a)).as_py() or 0) if pa.types.is_floating(a.type) else 0)
+    """{column: nulls + NaN} of the columns `req` of pyarrow dataset `data`, one parquet column chunk at a time (memory
+    stays at one chunk); a non-float column's count comes from the chunk's footer statistics when they have one."""
+    import pyarrow.compute as pc, pyarrow.parquet as pq
+    counts, floats = dict.fromkeys(req, 0), {n for n in req if pa.types.is_floating(data.schema.field(n).type)}
+    def count(a, name): return a.null_count + ((pc.sum(pc.is_nan(a)).as_py() or 0) if name in floats else 0)
+    for frag in data.get_fragments():
+        with frag.filesystem.open_input_file(frag.path) as f:
+            pf = pq.ParquetFile(f)
+            leaf = {pf.metadata.schema.column(j).path: j for j in range(pf.metadata.num_columns)}
+            for name in [n for n in req if n not in leaf]:  # e.g. a partition column: not in the file itself
+                counts[name] += count(frag.to_table(schema=data.schema, columns=[name]).column(0), name)
+            for rg in range(pf.num_row_groups):
+                for name in [n for n in req if n in leaf]:
+                    st = pf.metadata.row_group(rg).column(leaf[name]).statistics
+                    if name not in floats and st is not None and st.has_null_count: counts[name] += st.null_count
+                    else: counts[name] += count(pf.read_row_group(rg, columns=[name]).column(0), name)
     return counts
 
 def null_problems(sdf,          # the Spark DataFrame to score

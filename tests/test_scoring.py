@@ -145,3 +145,17 @@ def test_null_counts_agree_between_spark_and_the_arrow_snapshot(champ):
     on_arrow = null_problems(sdf, inputs, open_delta("dev.mlops_nb.nulls_batch", v).to_pyarrow_dataset())
     assert on_spark == on_arrow
     assert [line.split(" value(s)")[0] for line in on_arrow] == ["column a has 2 null", "column b has 2 null", "column c has 1 null"]
+
+
+def test_arrow_null_counts_take_a_column_an_older_file_lacks_as_nulls(champ):
+    "After a schema change, an older file has no column `b`: its rows count as nulls, as any reader sees them."
+    import pyarrow as pa
+    from deltalake import write_deltalake
+    from mlops_nb.lakehouse import open_delta, table_path, write_table
+    from mlops_nb.scoring import _arrow_null_counts
+    write_table(pa.table({"a": pa.array([1.0, 2.0, 3.0])}), "dev.mlops_nb.evolved", mode="overwrite")
+    write_deltalake(str(table_path("dev.mlops_nb.evolved")), pa.table({"a": pa.array([float("nan"), 5.0]), "b": pa.array(["x", None])}),
+                    mode="append", schema_mode="merge")
+    data = open_delta("dev.mlops_nb.evolved").to_pyarrow_dataset()
+    assert _arrow_null_counts(data, ["a", "b"]) == {"a": 1, "b": 4}
+    assert _arrow_null_counts(data, ["a", "b"]) == {n: data.to_table(columns=[n]).column(n).null_count + (1 if n == "a" else 0) for n in ("a", "b")}
