@@ -29,6 +29,8 @@ def get_spark(app_name:str="mlops-nb"):
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
              .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
+             # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
+             .config("spark.driver.maxResultSize", "0")
              .config("spark.sql.session.timeZone", "UTC").getOrCreate())
     spark.sparkContext.setLogLevel("ERROR")
     return spark
@@ -168,19 +170,25 @@ def lineage_columns(ctx:RunContext, mv, table:str, version:int, scored_at:_dt.da
             "job_run_id": ctx.run_id, "scored_at": scored_at, "input_table": table, "input_version": int(version)}
 
 # %% ../nbs/09_scoring.ipynb #8667c0d4
-def _to_ipc(batches):
-    "mapInArrow function: each Arrow batch as one row holding its IPC stream bytes."
-    import pyarrow as pa
-    for b in batches:
-        if b.num_rows == 0: continue
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, b.schema) as w: w.write_batch(b)
-        yield pa.RecordBatch.from_pydict({"ipc": [sink.getvalue().to_pybytes()]}, schema=pa.schema([("ipc", pa.binary())]))
-
 def spark_arrow_batches(sdf):
-    "The rows of a Spark DataFrame as Arrow record batches, one partition at a time."
-    for row in sdf.mapInArrow(_to_ipc, "ipc binary").toLocalIterator(prefetchPartitions=True):
-        yield from pa.ipc.open_stream(row.ipc)
+    """The rows of a Spark DataFrame as Arrow record batches, streamed to the driver as each partition finishes
+    (in no particular order). A failed task ends the stream with the job's error."""
+    from pyspark.errors.exceptions.captured import unwrap_spark_exception
+    from pyspark.sql.pandas.serializers import ArrowCollectSerializer
+    from pyspark.util import local_connect_and_auth
+    port, secret, server = sdf._jdf.collectAsArrowToPython()  # what DataFrame.toArrow calls, without the list
+    stream, sock = local_connect_and_auth(port, secret)
+    sock.settimeout(None)  # a partition may take minutes
+    try:
+        for b in ArrowCollectSerializer().load_stream(stream):
+            if isinstance(b, pa.RecordBatch) and b.num_rows: yield b  # the last item, the batch order, is not needed
+    except GeneratorExit: raise  # the consumer stopped: the closed socket fails the job
+    except Exception:
+        with unwrap_spark_exception(): server.getResult()  # the job's own error (say a PythonException), if any
+        raise
+    else:
+        with unwrap_spark_exception(): server.getResult()
+    finally: stream.close(); sock.close()
 
 def with_lineage(batches,           # Arrow batches of prediction_id, keys, probability
                  lineage:dict,      # `lineage_columns`
