@@ -28,6 +28,8 @@ def get_spark(app_name:str="mlops-nb"):
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
              .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
+             # batches are bounded by rows above; Int.MaxValue bytes turns off Spark's size check after every row
+             .config("spark.sql.execution.arrow.maxBytesPerBatch", str(2**31 - 1))
              .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
              # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
              .config("spark.driver.maxResultSize", "0")
@@ -320,8 +322,8 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
     probability = probability_udf(spark, uri)
-    pid = F.substring(F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)),
-                                         *[F.col(k).cast("string") for k in keys]), 256), 1, 32)
+    digest = F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)), *[F.col(k).cast("string") for k in keys]), 256)
+    pid = F.substring(digest.cast("binary"), 1, 32).cast("string")  # hex is ASCII: bytes, without counting characters
     scored = sdf.select(pid.alias("prediction_id"), *keys, probability(F.struct(*_features(sdf, inputs))).alias("probability"))
     lineage = lineage_columns(ctx, mv, table, v, _dt.datetime.now(_dt.timezone.utc))
     meta = {"job_run_id": ctx.run_id, "model_version": mv.version, "git_sha": ctx.git_sha, "input_table": table, "input_version": v}
