@@ -66,10 +66,10 @@ class InputColumn:
     type: str       # MLflow type: double, float, long, integer, string, boolean, binary, datetime
     required: bool  # False: the column may be missing or hold nulls
 
-def model_inputs(model_uri:str) -> list:
-    "The `InputColumn`s of a logged model's signature."
+def model_inputs(model_uri:str, sig=None) -> list:
+    "The `InputColumn`s of a logged model's signature (`sig`, when the caller already read it)."
     from mlflow.models import get_model_info
-    sig = get_model_info(model_uri).signature
+    sig = get_model_info(model_uri).signature if sig is None else sig
     if sig is None or sig.inputs is None: raise RegistryError(f"{model_uri} has no signature; log models with a signature")
     cols = []
     for c in sig.inputs.inputs:
@@ -136,12 +136,13 @@ def null_problems(sdf,          # the Spark DataFrame to score
     types = dict(sdf.dtypes)
     req = [c for c in inputs if c.required and c.name in types]
     if not req: return []
-    def missing(c):
-        col = F.col(c.name)
-        isna = col.isNull() | F.isnan(col) if _base_type(types[c.name]) in ("float", "double") else col.isNull()
-        return F.sum(isna.cast("long")).alias(c.name)
     if arrow is not None: counts = _arrow_null_counts(arrow, [c.name for c in req])
-    else: counts = sdf.agg(*[missing(c) for c in req]).first().asDict()
+    else:
+        def missing(c):
+            col = F.col(c.name)
+            isna = col.isNull() | F.isnan(col) if _base_type(types[c.name]) in ("float", "double") else col.isNull()
+            return F.sum(isna.cast("long")).alias(c.name)
+        counts = sdf.agg(*[missing(c) for c in req]).first().asDict()
     return [f"column {k} has {n} null value(s), and the model's signature marks it required" for k, n in counts.items() if n]
 
 def check_input(sdf,          # the Spark DataFrame to score
@@ -256,10 +257,11 @@ def _features(sdf, inputs:list):
     from pyspark.sql import functions as F
     return [(F.col(c.name) if c.name in sdf.columns else F.lit(None)).cast(SPARK_CAST[c.type]).alias(c.name) for c in inputs]
 
-def probability_udf(spark, model_uri:str):
-    "A function of the features' struct column giving P(class 1), from `mlflow.pyfunc.spark_udf` (env manager `local`)."
+def probability_udf(spark, model_uri:str, sig=None):
+    """A function of the features' struct column giving P(class 1), from `mlflow.pyfunc.spark_udf` (env manager
+    `local`); `sig` is the model's signature, when the caller already read it."""
     import mlflow
-    sig = mlflow.models.get_model_info(model_uri).signature
+    sig = mlflow.models.get_model_info(model_uri).signature if sig is None else sig
     out = sig.outputs.inputs if sig is not None and sig.outputs is not None else []
     two = len(out) == 1 and len(getattr(out[0], "shape", None) or ()) == 2  # predict_proba: (n, 2)
     udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", result_type="array<double>" if two else "double")
@@ -312,7 +314,8 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     client, name = mlflow.MlflowClient(), cfg.registered_model
     mv = champion_of(client, name)
     uri = f"models:/{name}/{mv.version}"
-    inputs = model_inputs(uri)
+    sig = mlflow.models.get_model_info(uri).signature  # read once: the inputs and the UDF's result type
+    inputs = model_inputs(uri, sig)
     spark = get_spark()
     sdf, v = read_spark_table(spark, table, version)
     arrow = None if on_databricks() else open_delta(table, v).to_pyarrow_dataset()  # the snapshot Spark reads
@@ -321,7 +324,7 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     start_step_run(ctx, cfg, {"input_table": table, "input_version": v, "model_version": mv.version,
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
-    probability = probability_udf(spark, uri)
+    probability = probability_udf(spark, uri, sig)
     digest = F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)), *[F.col(k).cast("string") for k in keys]), 256)
     pid = F.substring(digest.cast("binary"), 1, 32).cast("string")  # hex is ASCII: bytes, without counting characters
     scored = sdf.select(pid.alias("prediction_id"), *keys, probability(F.struct(*_features(sdf, inputs))).alias("probability"))
