@@ -7,11 +7,12 @@ from __future__ import annotations
 import dataclasses, json, logging, os, tomllib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from .core import ConfigError, env_vars
+from .core import ConfigError, MlopsNbError, env_vars
 
 # %% auto #0
-__all__ = ['ENVS', 'on_databricks', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri', 'registry_uri', 'artifact_root',
-           'configure_mlflow', 'redact_uri', 'describe_env']
+__all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri',
+           'registry_uri', 'artifact_root', 'configure_mlflow', 'redact_uri', 'describe_env', 'store_description',
+           'require_store']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -21,9 +22,23 @@ def on_databricks() -> bool:
     "True inside a Databricks runtime (notebook or job task)."
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
+def project_root(start=None, # a file or folder; default the working directory
+                ) -> Path|None:
+    "The top folder of the git repository holding `start` (the first folder up with a `.git`), or None outside any."
+    p = Path(start or os.getcwd()).expanduser().resolve()
+    return next((d for d in (p, *p.parents) if (d/".git").exists()), None)
+
+def home_source() -> tuple[Path, str]:
+    "The local home and how it was chosen: `$MLOPS_NB_HOME`, else `.mlops` at the repository root, else `./.mlops`."
+    if os.environ.get("MLOPS_NB_HOME"): return Path(os.environ["MLOPS_NB_HOME"]).expanduser().resolve(), "MLOPS_NB_HOME"
+    notebook = os.environ.get("JPY_SESSION_NAME")  # the notebook a Jupyter kernel runs, when Jupyter says
+    for start in ([notebook] if notebook and Path(notebook).exists() else []) + [os.getcwd()]:
+        if (root := project_root(start)) is not None: return root/".mlops", f"the root of the repository {root}"
+    return Path(".mlops").resolve(), "the working directory, outside any git repository"
+
 def mlops_home() -> Path:
-    "The folder of the embedded defaults: `$MLOPS_NB_HOME`, else `./.mlops`, as an absolute path."
-    return Path(os.environ.get("MLOPS_NB_HOME") or ".mlops").expanduser().resolve()
+    "The folder of the embedded defaults (MLflow store, tables, runs): see `home_source`."
+    return home_source()[0]
 
 # %% ../nbs/01_config.ipynb #e5d38e09
 @dataclass
@@ -194,3 +209,19 @@ def describe_env(cfg:EnvConfig) -> dict:
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))
                     and any(w in k for w in _SECRET_WORDS)}
     return d
+
+# %% ../nbs/01_config.ipynb #53b951dd
+def store_description() -> str:
+    "The MLflow store in force, in words: the local home and how it was chosen, or the tracking server."
+    uri = tracking_uri()
+    if uri.startswith("sqlite:") and not os.environ.get("MLFLOW_TRACKING_URI"):
+        home, how = home_source()
+        return f"the local store {home} (chosen by {how})"
+    return f"the MLflow tracking server {redact_uri(uri)}"
+
+def require_store():
+    "Stop a reading command, naming where it looked, when the local MLflow store does not exist (nothing is created)."
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        raise MlopsNbError(f"no MLflow store at {uri[len('sqlite:///'):]}: {store_description()} holds no runs yet; "
+                           f"run `mlops-nb run` first, or set MLOPS_NB_HOME to the home that holds your runs")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json, re, subprocess
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
-from .config import load_config, configure_mlflow, on_databricks
+from .config import load_config, configure_mlflow, on_databricks, require_store, store_description
 
 # %% auto #0
 __all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_version', 'get_run', 'find_prediction',
@@ -55,7 +55,7 @@ def get_version(client, name:str, version:str=None, alias:str=None):
     except MlflowException as e:
         what = f"alias {alias!r}" if alias else f"version {version}"
         raise RegistryError(f"model {name} has no {what}: deleted, never registered, or another env's model "
-                            f"({_short(e)}); trace an existing version, e.g. models:/{name}@champion") from None
+                            f"({_short(e)}) in {store_description()}; trace an existing version, e.g. models:/{name}@champion") from None
 
 def get_run(client, run_id:str):
     "The MLflow run `run_id`, or None when there is none."
@@ -137,7 +137,7 @@ def resolve_target(client, cfg, target:str) -> dict:
     else:
         where = cfg.qualify(cfg.predictions_table)
         raise MlopsNbError(f"target {target!r}: expected {TARGET_HELP}; found no such model URI, MLflow run or "
-                           f"prediction id in {where} (env {cfg.env})")
+                           f"prediction id in {where} (env {cfg.env}) or in {store_description()}")
     return res
 
 # %% ../nbs/12_lineage.ipynb #6e3f05c0
@@ -185,6 +185,7 @@ def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or
     "The code, infrastructure, environment, model, data, job and notebooks behind `target`, and what is missing."
     import mlflow
     cfg = load_config(env)
+    require_store()
     configure_mlflow(cfg)
     client, target = mlflow.MlflowClient(), (target or "").strip()
     res = resolve_target(client, cfg, target)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import getpass, json, os
 import pandas as pd
 from .core import RegistryError, ParameterError, utc_now
-from .config import EnvConfig, load_config, configure_mlflow
+from .config import EnvConfig, load_config, configure_mlflow, require_store, store_description
 from .evaluation import get_alias
 
 # %% auto #0
@@ -94,6 +94,7 @@ def promote(cfg:EnvConfig,    # the env's settings
            ) -> dict:
     "Move `champion` to the challenger (or `version`) as a recorded manual approval; return the history row."
     import mlflow
+    require_store()
     configure_mlflow(cfg)
     client, name = mlflow.MlflowClient(), cfg.registered_model
     chall = get_alias(client, name, "challenger")
@@ -137,6 +138,7 @@ def rollback(cfg:EnvConfig,          # the env's settings
             ) -> dict:
     "Move `champion` back to `version`, the version of `mlflow_run_id`, or the previous champion; return the history row."
     import mlflow
+    require_store()
     configure_mlflow(cfg)
     client, name = mlflow.MlflowClient(), cfg.registered_model
     if version not in (None, "") and mlflow_run_id: raise ParameterError("rollback: pass --version or --mlflow-run-id, not both")
@@ -158,12 +160,14 @@ def _show(row:dict, as_json:bool):
 def cmd_promote(a) -> int:
     "Approve: move `champion` to the challenger or a given version."
     from mlops_nb.runner import env_lock
+    require_store()  # before the lock: no store, nothing created
     with env_lock(a.env): _show(promote(load_config(a.env), a.version, a.reason or ""), a.json)
     return 0
 
 def cmd_rollback(a) -> int:
     "Move `champion` back to the previous champion or a given version."
     from mlops_nb.runner import env_lock
+    require_store()  # before the lock: no store, nothing created
     with env_lock(a.env): _show(rollback(load_config(a.env), a.version, a.mlflow_run_id, a.reason or ""), a.json)
     return 0
 
@@ -172,7 +176,7 @@ def cmd_champions(a) -> int:
     cfg = load_config(a.env)
     hist = champion_history(cfg)
     if a.json: print(json.dumps(hist, indent=2))
-    elif not hist: print(f"{cfg.registered_model}: no champion moves yet")
+    elif not hist: print(f"{cfg.registered_model}: no champion moves yet in {store_description()}")
     else:
         for h in hist: print(f"{h['seq']:>3}  {h['moved_at']}  {h['action']:8}  {h['from_version'] or '-':>4} -> {h['to_version']:<4} {h['user']:12} {h['reason']}")
     return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, new_job_run_id
-from .config import load_config, configure_mlflow, mlops_home, tracking_uri
+from .config import load_config, configure_mlflow, mlops_home, require_store, store_description
 
 # %% auto #0
 __all__ = ['TRAIN_PARAMS', 'training_run', 'check_reproducible', 'read_recorded_data', 'git_worktree', 'run_training_notebook',
@@ -23,7 +23,7 @@ def training_run(client, run_id:str):
     "The MLflow run `run_id` if it is a train step's run; a clear error otherwise."
     from mlops_nb.lineage import get_run
     run = get_run(client, run_id)
-    if run is None: raise MlopsNbError(f"no MLflow run {run_id!r} at {tracking_uri()}; pass the MLflow run id of a train step")
+    if run is None: raise MlopsNbError(f"no MLflow run {run_id!r} in {store_description()}; pass the MLflow run id of a train step")
     missing = [p for p in TRAIN_PARAMS if p not in run.data.params]
     if missing:
         raise MlopsNbError(f"run {run_id} is the {run.data.tags.get('task_key') or 'unknown'} step, not a train run "
@@ -118,7 +118,8 @@ def run_training_notebook(worktree:Path, # the commit's worktree
               "git_sha": t["GIT_SHA"], "git_dirty": "false", "register": "false", **{k: p[k] for k in TRAIN_PARAMS}}
     kdir = worktree.parent/"jupyter"
     kenv = {"PYTHONPATH": os.pathsep.join([str(worktree)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]),
-            "MLOPS_NB_CONFIG": str(_config_file(worktree.parent/"config.toml", env, p))}
+            "MLOPS_NB_CONFIG": str(_config_file(worktree.parent/"config.toml", env, p)),
+            "MLOPS_NB_HOME": str(mlops_home())}  # the original store, not a new one at the worktree's root
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(kdir)] + ([old] if old else []))
     try:
@@ -228,6 +229,7 @@ def reproduce(run_id:str,          # the MLflow run id of a train step
     from mlops_nb.lineage import repo_root
     from mlops_nb.runner import find_step_run
     t0 = time.monotonic()
+    require_store()
     configure_mlflow(load_config("dev"))  # the tracking server; the run's own env comes from its tags
     client = mlflow.MlflowClient()
     orig = training_run(client, (run_id or "").strip())

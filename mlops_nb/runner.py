@@ -117,11 +117,12 @@ def env_lock(env:str):
         finally: fcntl.flock(f, fcntl.LOCK_UN)
 
 def _kernel_name() -> str:
-    "A kernel spec on this very Python, so notebooks import the same mlops_nb whatever other kernels exist."
+    "A kernel spec on this very Python and this home, so notebooks import the same mlops_nb and use the same store."
     d = mlops_home()/"jupyter"/"kernels"/"mlops-nb"
     d.mkdir(parents=True, exist_ok=True)
     spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=ERROR", "-f", "{connection_file}"],
-            "display_name": "mlops-nb", "language": "python"}
+            "display_name": "mlops-nb", "language": "python",
+            "env": {"MLOPS_NB_HOME": str(mlops_home())}}  # the home resolved here, whatever the kernel's folder
     if not (d/"kernel.json").is_file() or json.loads((d/"kernel.json").read_text()) != spec:
         (d/"kernel.json").write_text(json.dumps(spec))
     paths = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)

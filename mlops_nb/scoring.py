@@ -8,7 +8,7 @@ import hashlib, os, sys, datetime as _dt
 from dataclasses import dataclass
 import pyarrow as pa
 from .core import DataError, RegistryError
-from .config import EnvConfig, on_databricks
+from .config import EnvConfig, on_databricks, store_description
 from .context import RunContext
 
 # %% auto #0
@@ -55,7 +55,7 @@ def champion_of(client, name:str):
     from mlops_nb.evaluation import get_alias
     mv = get_alias(client, name, "champion")
     if mv is None:
-        raise RegistryError(f"model {name} has no champion; run the train and evaluate steps first "
+        raise RegistryError(f"model {name} has no champion in {store_description()}; run the train and evaluate steps first "
                             f"(mlops-nb run --steps train,evaluate)")
     return mv
 
