@@ -48,12 +48,13 @@ def ok(p):
 
 @pytest.fixture(scope="module")
 def user_repo(tmp_path_factory):
-    "A fresh copy of the repository with the demo data written from its root, as `make demo` starts."
+    "A fresh copy of the repository, demo data and a champion made from its root as `make demo` does; the job run."
     tmp = tmp_path_factory.mktemp("user")
     root = copy_of_repo(tmp/"mlops-nb")
     env = user_environ(root, tmp)
     ok(run([CLI, "demo-data", "--rows", 3000, "--seed", 0], root, env))
-    return root, env
+    p = ok(run([CLI, "run", "--steps", "train,evaluate", "--param", "model_type=logreg", "--json"], root, env))
+    return root, env, json.loads(p.stdout)
 
 
 def store(root: Path):
@@ -69,9 +70,7 @@ def stray_homes(root: Path) -> list:
 
 
 def test_the_pipeline_from_the_root_uses_the_repository_store(user_repo):
-    root, env = user_repo
-    p = ok(run([CLI, "run", "--steps", "train,evaluate", "--param", "model_type=logreg", "--json"], root, env))
-    job = json.loads(p.stdout)
+    root, env, job = user_repo
     assert job["status"] == "SUCCEEDED" and job["champion"]["version"] == "1", job
     assert (root/".mlops"/"runs"/job["job_run_id"]/"train.ipynb").is_file()
     assert str(store(root).get_model_version_by_alias(MODEL, "champion").version) == "1"
@@ -79,7 +78,7 @@ def test_the_pipeline_from_the_root_uses_the_repository_store(user_repo):
 
 
 def test_the_pipeline_from_a_subfolder_uses_the_same_store(user_repo):
-    root, env = user_repo
+    root, env, _ = user_repo
     env_json = json.loads(ok(run([CLI, "env", "--json"], root/"nbs", env)).stdout)
     assert env_json["mlops_home"] == str(root/".mlops")
     p = ok(run([CLI, "run", "--steps", "score", "--json"], root/"nbs"/"pipelines", env))
@@ -93,7 +92,7 @@ def test_the_pipeline_from_a_subfolder_uses_the_same_store(user_repo):
 
 def test_papermill_run_directly_uses_the_repository_store(user_repo, tmp_path):
     "As a scheduler, or Jupyter (whose kernel starts in the notebook's folder), runs it: from `nbs/pipelines`."
-    root, env = user_repo
+    root, env, _ = user_repo
     from deltalake import DeltaTable
     path = root/".mlops"/"tables"/Path(*PREDICTIONS.split("."))
     before = DeltaTable(str(path)).version() if DeltaTable.is_deltatable(str(path)) else -1
@@ -104,7 +103,7 @@ def test_papermill_run_directly_uses_the_repository_store(user_repo, tmp_path):
 
 
 def test_reading_commands_outside_a_repository_name_the_store_and_create_nothing(user_repo, tmp_path):
-    _, env = user_repo
+    _, env, _ = user_repo
     outside = tmp_path/"elsewhere"
     outside.mkdir()
     for args in (["trace", f"models:/{MODEL}@champion"], ["rollback"], ["promote"]):
