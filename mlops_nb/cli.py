@@ -89,7 +89,7 @@ def console_main():
     "The `mlops-nb` console script: run `main`, then leave with its status at once (`core.exit_process`)."
     import traceback
     from mlops_nb.core import exit_process
-    try: code = main()
+    try: code = main() or 0
     except SystemExit as e:  # argparse's usage errors and --help
         if isinstance(e.code, str): print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

@@ -131,6 +131,8 @@ def test_a_kill_at_each_stage_of_a_run_leaves_no_running_run_after_the_next_comm
     assert r.returncode == 0, str(r)
     assert r.stderr.count(KILLED_LINE) == 1 and f"score of job run {killed[-1][1]}" in r.stderr, r.stderr
     assert running_runs(lab) == []
+    from mlops_nb.promotion import champion_stack
+    assert champion(lab) == champion_stack(history(lab))[-1]  # alias and history agree
     for step, job, run_id in killed:
         run = c.get_run(run_id)
         assert run.info.status == "KILLED", (step, run.info.status)
