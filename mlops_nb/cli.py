@@ -8,7 +8,7 @@ import argparse, json, sys
 from .core import MlopsNbError, StepFailed
 
 # %% auto #0
-__all__ = ['cmd_env', 'cmd_demo_data', 'cmd_run', 'build_parser', 'main']
+__all__ = ['cmd_env', 'cmd_demo_data', 'cmd_run', 'build_parser', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #53bcdadb
 def cmd_env(a) -> int:
@@ -83,3 +83,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"mlops-nb {args.command}: interrupted", file=sys.stderr)
         return 130
+
+# %% ../nbs/11_cli.ipynb #75f84159
+def console_main():
+    "The `mlops-nb` console script: run `main`, then leave with its status at once (`core.exit_process`)."
+    import traceback
+    from mlops_nb.core import exit_process
+    try: code = main() or 0
+    except SystemExit as e:  # argparse's usage errors and --help
+        if isinstance(e.code, str): print(e.code, file=sys.stderr)
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_process(code)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import contextlib, datetime as _dt, os, secrets, sys
 
 # %% auto #0
-__all__ = ['MlopsNbError', 'ConfigError', 'ParameterError', 'DataError', 'RegistryError', 'DeploymentError', 'StepFailed',
-           'utc_now', 'new_job_run_id', 'as_param', 'parse_bool', 'env_vars']
+__all__ = ['PROCESS_TAG', 'RUNNER_TAG', 'FAILPOINT_ENV', 'FAILPOINTS', 'MlopsNbError', 'ConfigError', 'ParameterError',
+           'DataError', 'RegistryError', 'DeploymentError', 'StepFailed', 'utc_now', 'new_job_run_id', 'as_param',
+           'parse_bool', 'env_vars', 'process_token', 'process_alive', 'process_tags', 'failpoint', 'exit_process']
 
 # %% ../nbs/00_core.ipynb #91a0f19c
 class MlopsNbError(Exception):
@@ -73,3 +74,67 @@ def env_vars(**values):
         yield
     finally:
         for k, v in old.items(): put(k, v)
+
+# %% ../nbs/00_core.ipynb #ac05b17f
+import platform
+from pathlib import Path
+
+PROCESS_TAG, RUNNER_TAG = "mlops_nb.process", "mlops_nb.runner"
+
+def _proc_stat(pid:int) -> tuple:
+    "(state, start time in clock ticks since boot) of process `pid` from /proc; ('', '') when unknown or gone."
+    try: fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError): return "", ""
+    return fields[0], fields[19]  # fields 3 (state) and 22 (starttime) of proc(5)
+
+def process_token(pid:int=None) -> str:
+    "This process (or `pid`) as `host:pid:start`, to tell later whether it still runs."
+    pid = os.getpid() if pid is None else int(pid)
+    return f"{platform.node()}:{pid}:{_proc_stat(pid)[1]}"
+
+def process_alive(token:str):
+    "True while the process of `token` runs, False once it is gone, None when it ran on another host (or `token` is malformed)."
+    try: host, pid, start = token.rsplit(":", 2); pid = int(pid)
+    except (AttributeError, ValueError): return None
+    if host != platform.node(): return None
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    state, now = _proc_stat(pid)
+    if state == "Z" or (start and now and now != start): return False  # a zombie, or the pid now names another process
+    return True
+
+def process_tags() -> dict:
+    "The tags that tell whether a step's MLflow run still has a live process: this one and its runner's (`$MLOPS_NB_RUNNER`)."
+    tags = {PROCESS_TAG: process_token()}
+    if os.environ.get("MLOPS_NB_RUNNER"): tags[RUNNER_TAG] = os.environ["MLOPS_NB_RUNNER"]
+    return tags
+
+# %% ../nbs/00_core.ipynb #62b86dc2
+import signal, time
+
+FAILPOINT_ENV = "MLOPS_NB_FAILPOINT"
+FAILPOINTS = ("move_champion.before_history", "move_champion.after_history", "move_champion.after_alias",
+              "move_champion.after_tags")
+
+def failpoint(name:str):
+    "Die (SIGKILL) or sleep here when `$MLOPS_NB_FAILPOINT` names this point: the hook of the kill tests."
+    if name not in FAILPOINTS: raise ValueError(f"failpoint {name!r} is not declared in FAILPOINTS")
+    for item in os.environ.get(FAILPOINT_ENV, "").split(","):
+        point, _, action = item.strip().partition("=")
+        if point != name: continue
+        if action.startswith("sleep:"): time.sleep(float(action[len("sleep:"):]))
+        else: os.kill(os.getpid(), signal.SIGKILL)
+
+# %% ../nbs/00_core.ipynb #9983b1d9
+import atexit, threading
+
+def exit_process(code:int=0):
+    "Leave the process with status `code`: join its threads, run its atexit handlers, flush, then `os._exit` (no C++ teardown)."
+    for t in threading.enumerate():
+        if t is not threading.main_thread() and not t.daemon: t.join()
+    atexit._run_exitfuncs()
+    for s in (sys.stdout, sys.stderr):
+        try: s.flush()
+        except Exception: pass
+    os._exit(code)

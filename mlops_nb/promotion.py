@@ -12,8 +12,8 @@ from .evaluation import get_alias
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'current_user', 'history_table', 'champion_history', 'champion_stack', 'check_target',
-           'move_champion', 'promote', 'version_of_run', 'previous_champion', 'rollback', 'cmd_promote', 'cmd_rollback',
-           'cmd_champions', 'add_promotion_commands']
+           'reconcile_champion', 'move_champion', 'promote', 'version_of_run', 'previous_champion', 'rollback',
+           'cmd_promote', 'cmd_rollback', 'cmd_champions', 'add_promotion_commands']
 
 # %% ../nbs/08a_promotion.ipynb #39e80f02
 def current_user() -> str:
@@ -71,20 +71,58 @@ def check_target(client, name:str, version) -> object:
     return mv
 
 # %% ../nbs/08a_promotion.ipynb #4cacbf09
+def _complete_move(client, cfg:EnvConfig, row:dict):
+    "Put the alias and tags of the recorded move `row` in place; the `champion_seq` tag, set last, marks it complete."
+    from mlops_nb.core import failpoint
+    name, version = cfg.registered_model, str(row["to_version"])
+    client.set_registered_model_alias(name, "champion", version)
+    failpoint("move_champion.after_alias")
+    for k in ("moved_at", "user", "reason"): client.set_model_version_tag(name, version, f"champion_{k}", str(row[k])[:5000])
+    if row["action"] == "promote" and row["trigger"] == "cli":  # a person's approval
+        for k, v in (("approval_status", "APPROVED"), ("approved_by", row["user"]), ("approved_at", row["moved_at"])):
+            client.set_model_version_tag(name, version, k, str(v))
+        chall = get_alias(client, name, "challenger")
+        if chall is not None and str(chall.version) == version: client.delete_registered_model_alias(name, "challenger")
+    failpoint("move_champion.after_tags")
+    client.set_model_version_tag(name, version, "champion_seq", str(row["seq"]))
+
+def reconcile_champion(cfg:EnvConfig, client=None) -> dict|None:
+    "Complete the last recorded champion move if a killed process left it half done; return its row, or None."
+    import mlflow, sys
+    from mlflow.exceptions import MlflowException
+    hist = champion_history(cfg)
+    if not hist: return None
+    client, row, name = client or mlflow.MlflowClient(), hist[-1], cfg.registered_model
+    try: mv = client.get_model_version(name, str(row["to_version"]))
+    except MlflowException: return None  # the version was deleted since: nothing to complete
+    if mv.tags.get("champion_seq") == str(row["seq"]): return None
+    champ = get_alias(client, name, "champion")
+    at = str(champ.version) if champ else ""
+    if at not in (str(row["from_version"]), str(row["to_version"])): return None  # moved by other means since
+    whole = at == str(row["to_version"]) and mv.tags.get("champion_moved_at") == str(row["moved_at"])
+    _complete_move(client, cfg, row)
+    if whole: return None  # only the completion mark was missing
+    print(f"mlops-nb: completed the interrupted champion move of {name}: {row['from_version'] or 'none'} -> "
+          f"{row['to_version']} ({row['action']} at {row['moved_at']}, seq {row['seq']} of {history_table(cfg)})", file=sys.stderr)
+    return row
+
 def move_champion(client, cfg:EnvConfig, version, action:str, reason:str, trigger:str="cli",
                   job_run_id:str="", mlflow_run_id:str="") -> dict:
-    "Point `champion` at `version`, tag it and append the move to the history; return the history row."
+    "Record the move of `champion` to `version` in the history, then point the alias at it and tag it; return the history row."
+    from mlops_nb.core import failpoint
     from mlops_nb.lakehouse import write_table
+    reconcile_champion(cfg, client)
     name = cfg.registered_model
     before = get_alias(client, name, "champion")
     hist = champion_history(cfg)
     row = {"seq": str(len(hist) + 1), "moved_at": utc_now(), "model_name": name, "action": action,
            "from_version": str(before.version) if before else "", "to_version": str(version), "user": current_user(),
            "reason": reason, "trigger": trigger, "job_run_id": job_run_id, "mlflow_run_id": mlflow_run_id}
-    client.set_registered_model_alias(name, "champion", str(version))
-    for k in ("moved_at", "user", "reason"): client.set_model_version_tag(name, str(version), f"champion_{k}", row[k][:5000])
+    failpoint("move_champion.before_history")
     write_table(pd.DataFrame([row], columns=HISTORY_COLUMNS).astype(str).astype({"seq": "int64"}), history_table(cfg), mode="append",
                 metadata={"action": action, "model": name, "to_version": str(version)})
+    failpoint("move_champion.after_history")  # from here on the move is recorded: the next command completes it
+    _complete_move(client, cfg, row)
     return row
 
 # %% ../nbs/08a_promotion.ipynb #c3ab2358
@@ -97,6 +135,7 @@ def promote(cfg:EnvConfig,    # the env's settings
     require_store()
     configure_mlflow(cfg)
     client, name = mlflow.MlflowClient(), cfg.registered_model
+    reconcile_champion(cfg, client)
     chall = get_alias(client, name, "challenger")
     if version in (None, ""):
         if chall is None:
@@ -107,12 +146,7 @@ def promote(cfg:EnvConfig,    # the env's settings
     champ = get_alias(client, name, "champion")
     if champ is not None and str(champ.version) == str(mv.version):
         raise RegistryError(f"version {mv.version} of {name} is already the champion")
-    row = move_champion(client, cfg, mv.version, "promote", reason or "manual approval", trigger="cli")
-    client.set_model_version_tag(name, str(mv.version), "approval_status", "APPROVED")
-    client.set_model_version_tag(name, str(mv.version), "approved_by", row["user"])
-    client.set_model_version_tag(name, str(mv.version), "approved_at", row["moved_at"])
-    if chall is not None and str(chall.version) == str(mv.version): client.delete_registered_model_alias(name, "challenger")
-    return row
+    return move_champion(client, cfg, mv.version, "promote", reason or "manual approval", trigger="cli")  # tags it APPROVED
 
 # %% ../nbs/08a_promotion.ipynb #5dc6826e
 def version_of_run(client, name:str, run_id:str):
@@ -141,6 +175,7 @@ def rollback(cfg:EnvConfig,          # the env's settings
     require_store()
     configure_mlflow(cfg)
     client, name = mlflow.MlflowClient(), cfg.registered_model
+    reconcile_champion(cfg, client)
     if version not in (None, "") and mlflow_run_id: raise ParameterError("rollback: pass --version or --mlflow-run-id, not both")
     champ = get_alias(client, name, "champion")
     if champ is None: raise RegistryError(f"model {name} has no champion to roll back")

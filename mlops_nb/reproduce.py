@@ -8,7 +8,7 @@ import contextlib, json, os, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
-from .core import MlopsNbError, new_job_run_id
+from .core import MlopsNbError, new_job_run_id, process_token
 from .config import load_config, configure_mlflow, mlops_home, require_store, store_description
 
 # %% auto #0
@@ -88,10 +88,10 @@ def git_worktree(repo, # the git repository
 # %% ../nbs/13_reproduce.ipynb #dbcfcb39
 def _kernel_spec(folder:Path, env:dict) -> str:
     "A kernel spec under `folder` on this Python with extra environment `env`; return its name."
+    from mlops_nb.runner import kernel_argv  # ipykernel that dies with this process
     d = folder/"kernels"/"mlops-nb-reproduce"
     d.mkdir(parents=True, exist_ok=True)
-    (d/"kernel.json").write_text(json.dumps({"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=ERROR",
-                                 "-f", "{connection_file}"], "display_name": "mlops-nb reproduce", "language": "python", "env": env}))
+    (d/"kernel.json").write_text(json.dumps({"argv": kernel_argv(), "display_name": "mlops-nb reproduce", "language": "python", "env": env}))
     return "mlops-nb-reproduce"
 
 def _config_file(path:Path, env:str, params:dict) -> Path:
@@ -119,7 +119,8 @@ def run_training_notebook(worktree:Path, # the commit's worktree
     kdir = worktree.parent/"jupyter"
     kenv = {"PYTHONPATH": os.pathsep.join([str(worktree)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]),
             "MLOPS_NB_CONFIG": str(_config_file(worktree.parent/"config.toml", env, p)),
-            "MLOPS_NB_HOME": str(mlops_home())}  # the original store, not a new one at the worktree's root
+            "MLOPS_NB_HOME": str(mlops_home()),  # the original store, not a new one at the worktree's root
+            "MLOPS_NB_RUNNER": process_token()}  # its run records this process: ended by the next run if we are killed
     old = os.environ.get("JUPYTER_PATH")
     os.environ["JUPYTER_PATH"] = os.pathsep.join([str(kdir)] + ([old] if old else []))
     try:

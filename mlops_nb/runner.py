@@ -12,9 +12,9 @@ from .config import EnvConfig, load_config, mlops_home, configure_mlflow
 from .context import git_info
 
 # %% auto #0
-__all__ = ['STEPS', 'CONTEXT_PARAMS', 'pipelines_dir', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
-           'check_params', 'StepResult', 'JobRun', 'env_lock', 'find_step_run', 'run_step', 'run_pipeline',
-           'format_summary']
+__all__ = ['STEPS', 'CONTEXT_PARAMS', 'KERNEL_PRELUDE', 'pipelines_dir', 'step_notebook', 'parse_steps', 'parse_params',
+           'step_parameters', 'check_params', 'StepResult', 'JobRun', 'env_lock', 'find_step_run', 'lock_holder',
+           'end_dead_runs', 'recover_env', 'kernel_argv', 'run_step', 'run_pipeline', 'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
@@ -106,22 +106,28 @@ class JobRun:
     def to_dict(self) -> dict: return asdict(self)
 
 @contextlib.contextmanager
-def env_lock(env:str):
-    "Hold the lock of `env` for the duration; fail at once when another run holds it."
+def env_lock(env:str, recover:bool=True):
+    "Hold the lock of `env` (its file names the holder); fail at once, naming the holder, when another process holds it."
     d = mlops_home()/"locks"; d.mkdir(parents=True, exist_ok=True)
-    with open(d/f"{env}.lock", "a+") as f:
+    path = d/f"{env}.lock"
+    with open(path, "a+") as f:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise MlopsNbError(f"another run holds the lock of env {env} ({d/f'{env}.lock'}); wait for it to finish") from None
-        try: yield
-        finally: fcntl.flock(f, fcntl.LOCK_UN)
+            raise MlopsNbError(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
+                               f"then try again") from None
+        try:
+            f.truncate(0); f.write(json.dumps(_holder_record())); f.flush()
+            if recover: recover_env(env)  # finish what killed commands left half done
+            yield
+        finally:
+            f.truncate(0); f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 def _kernel_name() -> str:
     "A kernel spec on this very Python and this home, so notebooks import the same mlops_nb and use the same store."
     d = mlops_home()/"jupyter"/"kernels"/"mlops-nb"
     d.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": [sys.executable, "-m", "ipykernel_launcher", "--log-level=ERROR", "-f", "{connection_file}"],
-            "display_name": "mlops-nb", "language": "python",
+    spec = {"argv": kernel_argv(), "display_name": "mlops-nb", "language": "python",
             "env": {"MLOPS_NB_HOME": str(mlops_home())}}  # the home resolved here, whatever the kernel's folder
     if not (d/"kernel.json").is_file() or json.loads((d/"kernel.json").read_text()) != spec:
         (d/"kernel.json").write_text(json.dumps(spec))
@@ -138,6 +144,98 @@ def find_step_run(cfg:EnvConfig, job_run_id:str, step:str):
     runs = mlflow.MlflowClient().search_runs([exp.experiment_id], f"tags.DBR_RUN_ID = '{job_run_id}' and tags.task_key = '{step}'",
                                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
+
+# %% ../nbs/10_runner.ipynb #10d583d5
+import platform
+
+def _command_line() -> str:
+    "This process's command, short: `mlops-nb run --steps train`."
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv and sys.argv[0] else f"python pid {os.getpid()}"
+
+def _holder_record() -> dict:
+    "What the holder of a lock writes into its lock file."
+    from mlops_nb.core import utc_now
+    return {"command": _command_line(), "pid": os.getpid(), "host": platform.node(), "since": utc_now()}
+
+def lock_holder(path:Path) -> str:
+    "Who holds the lock file `path`, as its holder wrote it."
+    try: h = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError): h = {}
+    if not isinstance(h, dict) or not h.get("pid"): return "another process (it has not yet written its name into the lock file)"
+    return f"`{h.get('command', '?')}` (pid {h['pid']} on {h.get('host', '?')}, since {h.get('since', '?')})"
+
+def end_dead_runs(cfg:EnvConfig) -> list:
+    "End KILLED the env's RUNNING MLflow runs whose recorded processes are all gone; log their partial notebooks; say so."
+    import mlflow
+    from mlops_nb.core import PROCESS_TAG, RUNNER_TAG, process_alive, utc_now
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is None: return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        t = run.data.tags
+        procs = [t[k] for k in (RUNNER_TAG, PROCESS_TAG) if t.get(k)]
+        if not procs or any(process_alive(x) is not False for x in procs): continue  # alive, elsewhere or unknown
+        job, step = t.get("DBR_RUN_ID", ""), t.get("task_key", "")
+        nb = mlops_home()/"runs"/job/f"{step}.ipynb"
+        if job and step and "/" not in job + step and nb.is_file(): client.log_artifact(run.info.run_id, str(nb), "notebooks")
+        client.set_tag(run.info.run_id, "end_reason", f"ended KILLED at {utc_now()} by `{_command_line()}`: no process "
+                                                      f"of the run is left ({', '.join(procs)})"[:5000])
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run)
+    if ended:
+        what = ", ".join(f"{r.data.tags.get('task_key', '?')} of job run {r.data.tags.get('DBR_RUN_ID', '?')} "
+                         f"(MLflow run {r.info.run_id})" for r in ended)
+        print(f"mlops-nb: ended {len(ended)} MLflow run(s) KILLED, their processes being gone: {what}; "
+              f"partly executed notebooks logged to them", file=sys.stderr)
+    return ended
+
+def recover_env(env:str) -> dict:
+    "Finish what killed commands left half done in `env` (hold its lock): end dead runs, complete a champion move."
+    from mlops_nb.promotion import reconcile_champion
+    cfg = load_config(env)
+    configure_mlflow(cfg)
+    return {"ended_runs": end_dead_runs(cfg), "completed_move": reconcile_champion(cfg)}
+
+# %% ../nbs/10_runner.ipynb #e3857701
+KERNEL_PRELUDE = """import ctypes, os, signal, sys
+try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
+except Exception: pass
+if os.environ.get('JPY_PARENT_PID', '').isdigit() and os.getppid() != int(os.environ['JPY_PARENT_PID']): os._exit(1)
+if sys.path and sys.path[0] == '': del sys.path[0]
+from ipykernel import kernelapp
+kernelapp.launch_new_instance()
+"""
+
+def kernel_argv() -> list:
+    "The command of a step's kernel: ipykernel on this very Python, set to die with the process that starts it."
+    return [sys.executable, "-c", KERNEL_PRELUDE, "--log-level=ERROR", "-f", "{connection_file}"]
+
+def _stop_kernels():
+    "Kill this process's kernel children (an interrupted papermill call leaves its kernel running) and reap them."
+    import signal
+    me = str(os.getpid())
+    for d in Path("/proc").glob("[0-9]*"):
+        try:
+            if (d/"stat").read_text().rsplit(")", 1)[1].split()[1] != me or b"ipykernel" not in (d/"cmdline").read_bytes(): continue
+            os.kill(int(d.name), signal.SIGKILL)
+            os.waitpid(int(d.name), 0)
+        except (OSError, IndexError, ValueError): continue
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    "While steps run, SIGTERM (like SIGINT) raises KeyboardInterrupt naming the signal, so both stop the step cleanly."
+    import signal, threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    def stop(signum, frame):
+        _stop_kernels()  # first, so the kernel runs no further and has nothing to say about it
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/10_runner.ipynb #51742a62
 def _sentence(s:str) -> str:
@@ -163,6 +261,11 @@ def run_step(step:str, job:JobRun, params:dict, out_dir:Path) -> StepResult:
         first = next((l for l in (e.source or "").splitlines() if l.strip() and not l.startswith("#")), "")
         res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] `{first[:80]}` "
                      f"raised {e.ename}: {_sentence(e.evalue)} Partly executed notebook: {res.output_notebook}")
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM of the runner (`_stop_on_signals`): stop the step's kernel now
+        _stop_kernels()
+        res.status = "FAILED"
+        res.error = (f"step {step} stopped: mlops-nb run was interrupted ({e.args[0] if e.args else 'SIGINT'}); its MLflow "
+                     f"run ended FAILED. Partly executed notebook: {res.output_notebook}")
     except Exception as e:  # kernel died, timeout, ...
         res.status = "FAILED"
         res.error = f"step {step} failed: notebook {step_notebook(step).name} could not run: {type(e).__name__}: {_sentence(str(e))} Partly executed notebook: {res.output_notebook}"
@@ -206,10 +309,11 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
     if info is None: raise ParameterError(f"{pipelines_dir()} is not in a git work tree: the runner records the commit of every run; run it from a clone")
     job = JobRun(new_job_run_id(), job_id, env, info[0], info[1], steps=[StepResult(s) for s in steps])
     out_dir = mlops_home()/"runs"/job.job_run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
-    with env_lock(env):
+    from mlops_nb.core import env_vars, process_token
+    with env_lock(env), _stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
+        out_dir.mkdir(parents=True, exist_ok=True)  # only once the lock is ours: a refused run writes nothing
+        _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
         for i, s in enumerate(job.steps, 1):
             _progress(f"[{i}/{len(steps)}] {s.name} ...", quiet)
             job.steps[i-1] = s = run_step(s.name, job, per_step[s.name], out_dir)

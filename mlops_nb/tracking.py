@@ -124,6 +124,8 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
     if mlflow.active_run() is not None: mlflow.end_run()
     run = mlflow.start_run(run_name=f"{ctx.task_key}-{ctx.run_id}")
     log_lineage(ctx)
+    from mlops_nb.core import process_tags
+    mlflow.set_tags(process_tags())  # which processes run it: a later command ends it when they are gone
     if params: mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     _register_failure_hook()
     return run
