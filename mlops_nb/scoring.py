@@ -106,7 +106,7 @@ def schema_problems(types:dict,    # the table's {column: Spark type name}, e.g.
             continue
         ok = SPARK_TYPES_FOR.get(c.type)
         if ok is None: out.append(f"column {c.name}: the model expects type {c.type}, which batch scoring does not support")
-        elif _base_type(types[c.name]) not in ok:
+        elif _base_type(types[c.name]) not in ok and _base_type(types[c.name]) != "void":  # void: nulls only, any type
             out.append(f"column {c.name}: expected {c.type}, found {types[c.name]}")
     return out
 
