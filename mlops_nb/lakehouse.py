@@ -151,6 +151,14 @@ def _to_arrow(data) -> pa.Table|pa.RecordBatchReader:
     if isinstance(data, (pa.Table, pa.RecordBatchReader)): return data
     raise ParameterError(f"data: expected a pandas DataFrame, pyarrow Table or RecordBatchReader, found {type(data).__name__}")
 
+def _log_damage(path:Path) -> Exception|None:
+    "What opening the Delta log at `path` raises (None when it opens, or there is no log)."
+    from deltalake import DeltaTable
+    if not (path/"_delta_log").is_dir(): return None
+    try: DeltaTable(str(path))
+    except Exception as e: return e
+    return None
+
 def write_table(data,                # pandas DataFrame, pyarrow Table or RecordBatchReader
                 name:str,            # three-level table name
                 mode:str="append",   # append or overwrite
@@ -174,9 +182,9 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
     except Exception as e:
         if type(e).__name__ in ("SchemaMismatchError",):
             raise DataError(f"table {name}: the new rows' columns do not match the table's: {e}") from e
-        if type(e).__name__ == "DeltaError" and (path/"_delta_log").is_dir():  # the log it appends to is damaged
+        if type(e).__name__ == "DeltaError" and (damage := _log_damage(path)) is not None:  # not the data's fault: the log's
             commits = log_versions(path)
-            raise table_failure(name, commits[-1] if commits else None, e, "its Delta log", action="written") from None
+            raise table_failure(name, commits[-1] if commits else None, damage, "its Delta log", action="written") from None
         raise
     return open_delta(name, check_files=False).version()
 
