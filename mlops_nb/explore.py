@@ -60,12 +60,12 @@ def explore_table(ctx, cfg, table:str=None, version=None, label:str=None, keys=N
     "Log the EDA report of a table to the step's MLflow run; return the summary."
     import mlflow, matplotlib.pyplot as plt
     from mlops_nb.lakehouse import read_table
-    from mlops_nb.training import resolve_columns, check_label, split_list
+    from mlops_nb.training import resolve_columns, check_training_data, split_list
     from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     snap = read_table(table, version)
     cols = resolve_columns(snap.data, label, split_list(keys) or cfg.keys, split_list(features) or cfg.features)
-    check_label(snap.data[label])
+    check_training_data(snap.data, cols, what=f"table {table}@{snap.version}")  # what no model type can take
     start_step_run(ctx, cfg, {"table": table, "version": snap.version, "label": label})
     log_data_lineage(snap)
     summary = eda_summary(snap.data, cols)

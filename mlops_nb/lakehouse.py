@@ -4,6 +4,7 @@
 
 # %% ../nbs/03_lakehouse.ipynb #e3ce8f0b
 from __future__ import annotations
+import contextlib, os, re
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd, pyarrow as pa
@@ -11,7 +12,8 @@ from .core import DataError, ParameterError
 from .config import mlops_home, on_databricks
 
 # %% auto #0
-__all__ = ['table_path', 'table_exists', 'Snapshot', 'open_delta', 'read_table', 'table_version', 'write_table', 'history']
+__all__ = ['table_path', 'table_exists', 'first_line', 'log_versions', 'missing_files', 'table_failure', 'table_errors',
+           'Snapshot', 'open_delta', 'read_table', 'table_version', 'write_table', 'history']
 
 # %% ../nbs/03_lakehouse.ipynb #46285d9d
 def table_path(name:str, # three-level table name, catalog.schema.table
@@ -27,6 +29,51 @@ def table_exists(name:str) -> bool:
     if on_databricks(): return _spark().catalog.tableExists(name)
     from deltalake import DeltaTable
     return DeltaTable.is_deltatable(str(table_path(name)))
+
+# %% ../nbs/03_lakehouse.ipynb #459f4ddf
+def first_line(e:BaseException) -> str:
+    "An error's message without delta-rs' backtrace or terminal colours: its first line."
+    s = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return (s.splitlines() or [type(e).__name__])[0].strip().rstrip(".")
+
+def log_versions(path) -> list:
+    "The commit versions a local Delta table's `_delta_log` holds, from the commit file names, in order."
+    d = Path(path)/"_delta_log"
+    if not d.is_dir(): return []
+    return sorted(int(p.name[:20]) for p in d.iterdir() if len(p.name) == 25 and p.name.endswith(".json") and p.name[:20].isdigit())
+
+def missing_files(dt) -> list:
+    "The data files the loaded version of local `DeltaTable` `dt` lists that are not on disk."
+    paths = [u[len("file://"):] if u.startswith("file://") else u for u in dt.file_uris()]
+    return [p for p in paths if "://" not in p and not os.path.exists(p)]
+
+def table_failure(name:str,        # the table
+                  version,         # the version being read (None: not known)
+                  e:BaseException, # what delta-rs, pyarrow or the file system raised
+                  what:str="its data files", # the part of the table at fault
+                  missing:list=None, # data files known to be missing
+                  action:str="read", # read or written
+                 ) -> DataError:
+    "The one-line `DataError` of a table that exists but cannot be read (or written)."
+    path, at = table_path(name), "(latest version)" if version is None else f"version {version}"
+    if missing is None and isinstance(e, FileNotFoundError):
+        m = re.search(r"(?:location|path) (\S+) not found", first_line(e))
+        missing = [m.group(1) if m else (e.filename or first_line(e))]
+    if missing:
+        return DataError(f"table {name} {at} cannot be {action}: {len(missing)} data file(s) its Delta log lists "
+                         f"are missing ({Path(missing[0]).name}{', ...' if len(missing) > 1 else ''} under {path}), "
+                         f"deleted or vacuumed; restore them from a backup, or rewrite the table "
+                         f"(for demo data: mlops-nb demo-data)")
+    return DataError(f"table {name} {at} cannot be {action}: {what} is damaged ({first_line(e)}); restore "
+                     f"{path/'_delta_log' if what == 'its Delta log' else path} from a backup, or move {path} away "
+                     f"(its history goes with it) and write the table again (for demo data: mlops-nb demo-data)")
+
+@contextlib.contextmanager
+def table_errors(name:str, version=None):
+    "Turn what reading table `name` at `version` raises (a missing file, a damaged log or file) into one-line `DataError`s."
+    from deltalake.exceptions import DeltaError
+    try: yield
+    except (OSError, DeltaError, pa.ArrowException) as e: raise table_failure(name, version, e) from None
 
 # %% ../nbs/03_lakehouse.ipynb #f5845d8e
 @dataclass
@@ -50,20 +97,28 @@ def _version_arg(version) -> int|None:
     if v < 0: raise ParameterError(f"table version: expected 0 or more, found {v}")
     return v
 
-def open_delta(name:str, version=None):
-    "The local `deltalake.DeltaTable` of `name` at `version` (latest when None)."
+def open_delta(name:str, version=None,
+               check_files:bool=True, # also check that every data file of the version is there (readers do)
+              ):
+    "The local `deltalake.DeltaTable` of `name` at `version` (latest when None); a one-line `DataError` when broken."
     from deltalake import DeltaTable
     path, v = table_path(name), _version_arg(version)
     if not DeltaTable.is_deltatable(str(path)):
         raise DataError(f"table {name} does not exist (looked for a Delta table at {path}); "
                         f"write it first (for demo data: mlops-nb demo-data) or pass another table")
-    dt = DeltaTable(str(path))
-    if v is not None and v != dt.version():
-        latest = dt.version()
-        try: dt.load_as_version(v)
-        except Exception as e:
+    commits = log_versions(path)
+    latest = commits[-1] if commits else None
+    if v is not None and latest is not None and v > latest:
+        raise DataError(f"table {name} has no readable version {v} (latest is {latest}); pass a version from 0 to {latest}")
+    try: dt = DeltaTable(str(path), version=v)
+    except Exception as e:
+        if v is not None and v != latest and not (path/"_delta_log"/f"{v:020d}.json").is_file():
             raise DataError(f"table {name} has no readable version {v} (latest is {latest}; old versions "
-                            f"vanish when the table is vacuumed): {e}") from e
+                            f"vanish when the table is vacuumed): {first_line(e)}") from None
+        raise table_failure(name, v if v is not None else latest, e, "its Delta log") from None
+    if check_files:
+        gone = missing_files(dt)
+        if gone: raise table_failure(name, dt.version(), FileNotFoundError(gone[0]), missing=gone)
     return dt
 
 def read_table(name:str,      # three-level table name
@@ -81,12 +136,13 @@ def read_table(name:str,      # three-level table name
     if columns:
         missing = [c for c in columns if c not in dt.schema().to_arrow().names]
         if missing: raise DataError(f"table {name} has no column(s) {', '.join(missing)}")
-    return Snapshot(dt.to_pandas(columns=columns), dt.version(), name, str(table_path(name)))
+    with table_errors(name, dt.version()): data = dt.to_pandas(columns=columns)
+    return Snapshot(data, dt.version(), name, str(table_path(name)))
 
 def table_version(name:str) -> int:
     "The latest version of table `name`."
     if on_databricks(): return int(_spark().sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
-    return open_delta(name).version()
+    return open_delta(name, check_files=False).version()
 
 # %% ../nbs/03_lakehouse.ipynb #d3e5758b
 def _to_arrow(data) -> pa.Table|pa.RecordBatchReader:
@@ -94,6 +150,14 @@ def _to_arrow(data) -> pa.Table|pa.RecordBatchReader:
     if isinstance(data, pd.DataFrame): return pa.Table.from_pandas(data, preserve_index=False)
     if isinstance(data, (pa.Table, pa.RecordBatchReader)): return data
     raise ParameterError(f"data: expected a pandas DataFrame, pyarrow Table or RecordBatchReader, found {type(data).__name__}")
+
+def _log_damage(path:Path) -> Exception|None:
+    "What opening the Delta log at `path` raises (None when it opens, or there is no log)."
+    from deltalake import DeltaTable
+    if not (path/"_delta_log").is_dir(): return None
+    try: DeltaTable(str(path))
+    except Exception as e: return e
+    return None
 
 def write_table(data,                # pandas DataFrame, pyarrow Table or RecordBatchReader
                 name:str,            # three-level table name
@@ -118,10 +182,13 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
     except Exception as e:
         if type(e).__name__ in ("SchemaMismatchError",):
             raise DataError(f"table {name}: the new rows' columns do not match the table's: {e}") from e
+        if type(e).__name__ == "DeltaError" and (damage := _log_damage(path)) is not None:  # not the data's fault: the log's
+            commits = log_versions(path)
+            raise table_failure(name, commits[-1] if commits else None, damage, "its Delta log", action="written") from None
         raise
-    return open_delta(name).version()
+    return open_delta(name, check_files=False).version()
 
 def history(name:str, limit:int=None) -> list[dict]:
     "The commits of table `name`, newest first."
     if on_databricks(): return [r.asDict() for r in _spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
-    return open_delta(name).history(limit)
+    return open_delta(name, check_files=False).history(limit)

@@ -60,7 +60,7 @@ def step_parameters(step:str) -> dict:
 def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     "The parameters for each step {step: {name: value}}; errors for unknown names, bad values, missing tables."
     from mlops_nb.training import check_model_type
-    from mlops_nb.lakehouse import open_delta
+    from mlops_nb.lakehouse import open_delta, table_exists
     declared = {s: step_parameters(s) for s in steps}
     unknown = [k for k in params if not any(k in d for d in declared.values())]
     if unknown:
@@ -74,6 +74,7 @@ def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     for step, name in reads.items():
         version_key = "training_version" if step != "score" else "scoring_version"
         open_delta(name, params.get(version_key) or None)  # raises DataError when missing or unreadable
+    if "score" in steps and table_exists(out := tbl("predictions_table", cfg.predictions_table)): open_delta(out)  # appended to: readable?
     return {s: {k: v for k, v in params.items() if k in declared[s]} for s in steps}
 
 # %% ../nbs/10_runner.ipynb #2b11ab6a
@@ -362,5 +363,6 @@ def format_summary(job:JobRun) -> str:
                + (" (dirty)" if job.git_dirty else ""))
     if job.model: out.append(f"trained {job.model['name']} version {job.model['version']} (MLflow run {job.model['mlflow_run_id']})")
     if job.champion: out.append(f"champion: {job.champion['name']} version {job.champion['version'] or 'none'}")
+    out += [f"{s.name}: {s.outputs['note']}" for s in job.steps if s.outputs.get("note")]  # e.g. an empty batch
     if job.predictions: out.append(f"predictions: {job.predictions['rows']} rows appended to {job.predictions['table']} version {job.predictions['version']}")
     return "\n".join(out)

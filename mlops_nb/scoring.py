@@ -46,7 +46,10 @@ def read_spark_table(spark, name:str, version=None):
         return spark.read.option("versionAsOf", v).table(name), v
     # Locally no Delta jar can be downloaded: Spark reads the snapshot's parquet files (see DESIGN.md).
     from mlops_nb.lakehouse import open_delta
-    dt = open_delta(name, version)
+    dt = open_delta(name, version)  # a missing data file or a damaged log: one DataError line
+    if not dt.file_uris():  # an empty table has no data files, and Spark cannot infer a schema from none: give it the table's
+        from pyspark.sql.pandas.types import from_arrow_schema
+        return spark.createDataFrame([], from_arrow_schema(pa.schema(dt.schema().to_arrow()))), dt.version()
     return spark.read.parquet(*dt.file_uris()), dt.version()
 
 # %% ../nbs/09_scoring.ipynb #f8bcd2b6
@@ -103,7 +106,7 @@ def schema_problems(types:dict,    # the table's {column: Spark type name}, e.g.
             continue
         ok = SPARK_TYPES_FOR.get(c.type)
         if ok is None: out.append(f"column {c.name}: the model expects type {c.type}, which batch scoring does not support")
-        elif _base_type(types[c.name]) not in ok:
+        elif _base_type(types[c.name]) not in ok and _base_type(types[c.name]) != "void":  # void: nulls only, any type
             out.append(f"column {c.name}: expected {c.type}, found {types[c.name]}")
     return out
 
@@ -238,18 +241,19 @@ class ScoreResult:
     input_table: str
     input_version: int
     predictions_table: str
-    predictions_version: int
+    predictions_version: int|None  # None: nothing written (an empty batch)
     rows: int          # rows appended by this call
     skipped: int = 0   # rows a previous attempt of the same job run already wrote
 
 def existing_prediction_ids(table:str, job_run_id:str) -> pa.Array|None:
     "The prediction ids job run `job_run_id` already wrote to `table` (None when the table does not exist)."
-    from mlops_nb.lakehouse import table_exists, open_delta
+    from mlops_nb.lakehouse import table_exists, open_delta, table_errors
     if not table_exists(table): return None
     import pyarrow.dataset as ds
     dt = open_delta(table)
     if "job_run_id" not in dt.schema().to_arrow().names: return None
-    data = dt.to_pyarrow_dataset().to_table(columns=["prediction_id"], filter=ds.field("job_run_id") == job_run_id)
+    with table_errors(table, dt.version()):
+        data = dt.to_pyarrow_dataset().to_table(columns=["prediction_id"], filter=ds.field("job_run_id") == job_run_id)
     return data.column("prediction_id").combine_chunks()
 
 def _features(sdf, inputs:list):
@@ -324,6 +328,12 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     start_step_run(ctx, cfg, {"input_table": table, "input_version": v, "model_version": mv.version,
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
+    if (arrow.count_rows() == 0) if arrow is not None else sdf.isEmpty():  # an empty batch: nothing to score, no commit
+        mlflow.log_metrics({"predictions_rows": 0, "predictions_skipped": 0})
+        set_step_outputs(predictions_table=out_table, rows=0, skipped=0, model_version=mv.version,
+                         note=f"table {table}@{v} has no rows: nothing scored, no predictions written")
+        finish_step_run()
+        return ScoreResult(name, str(mv.version), table, int(v), out_table, None, 0, 0)
     probability = probability_udf(spark, uri, sig)
     digest = F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)), *[F.col(k).cast("string") for k in keys]), 256)
     pid = F.substring(digest.cast("binary"), 1, 32).cast("string")  # hex is ASCII: bytes, without counting characters
