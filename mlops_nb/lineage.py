@@ -11,7 +11,7 @@ from .config import load_config, configure_mlflow, on_databricks, require_store,
 
 # %% auto #0
 __all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_version', 'get_run', 'find_prediction',
-           'job_notebooks', 'resolve_target', 'trace', 'format_trace', 'cmd_trace', 'add_lineage_commands']
+           'job_notebooks', 'resolve_target', 'trace', 'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -230,25 +230,3 @@ def cmd_trace(a) -> int:
     t = trace(a.target, a.env, a.repo)
     print(json.dumps(t, indent=2) if a.json else format_trace(t))
     return 1 if t["missing"] else 0
-
-# %% ../nbs/12_lineage.ipynb #d0367709
-def _cmd_reproduce(a) -> int:
-    "Run `mlops-nb reproduce` (imported on use)."
-    from mlops_nb.reproduce import cmd_reproduce
-    return cmd_reproduce(a)
-
-def add_lineage_commands(sub):
-    "Add the `trace` and `reproduce` subcommands to the `mlops-nb` parser's subparsers `sub`."
-    from mlops_nb.config import ENVS
-    t = sub.add_parser("trace", help="trace a model, step run or prediction to its code, infrastructure, environment, model and data")
-    t.add_argument("target", metavar="TARGET", help=TARGET_HELP)
-    t.add_argument("--env", default="dev", choices=ENVS)
-    t.add_argument("--repo", default=None, help="git work tree to look the commit up in (default: the pipeline notebooks')")
-    t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.set_defaults(func=cmd_trace)
-    r = sub.add_parser("reproduce", help="re-run a training run from its commit and data; compare metrics and predictions")
-    r.add_argument("run_id", metavar="MLFLOW_RUN_ID", help="the MLflow run id of a train step")
-    r.add_argument("--repo", default=None, help="git repository holding the commit (default: the pipeline notebooks')")
-    r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
-    r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.set_defaults(func=_cmd_reproduce)
