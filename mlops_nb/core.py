@@ -8,7 +8,7 @@ import contextlib, datetime as _dt, os, secrets, sys
 
 # %% auto #0
 __all__ = ['MlopsNbError', 'ConfigError', 'ParameterError', 'DataError', 'RegistryError', 'DeploymentError', 'StepFailed',
-           'utc_now', 'new_job_run_id', 'as_param', 'parse_bool', 'env_vars']
+           'utc_now', 'new_job_run_id', 'as_param', 'parse_bool', 'env_vars', 'short_error']
 
 # %% ../nbs/00_core.ipynb #91a0f19c
 class MlopsNbError(Exception):
@@ -73,3 +73,8 @@ def env_vars(**values):
         yield
     finally:
         for k, v in old.items(): put(k, v)
+
+# %% ../nbs/00_core.ipynb #764c707a
+def short_error(e:Exception) -> str:
+    "The first line of an error message, at most 200 characters (the exception's type when it has no message)."
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

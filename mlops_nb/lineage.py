@@ -8,10 +8,11 @@ import json, re, subprocess
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
 from .config import load_config, configure_mlflow, on_databricks, require_store, store_description
+from .registry import get_version
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_version', 'get_run', 'find_prediction',
-           'job_notebooks', 'resolve_target', 'trace', 'format_trace', 'cmd_trace']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_run', 'find_prediction', 'job_notebooks',
+           'resolve_target', 'trace', 'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -44,19 +45,6 @@ def commit_in_repo(sha:str, repo) -> bool:
     return r.returncode == 0
 
 # %% ../nbs/12_lineage.ipynb #f528e18f
-def _short(e:Exception) -> str:
-    "The first line of an error message, at most 200 characters."
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-def get_version(client, name:str, version:str=None, alias:str=None):
-    "The model version `name`/`version` (or `name@alias`); a `RegistryError` when it does not exist."
-    from mlflow.exceptions import MlflowException
-    try: return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
-    except MlflowException as e:
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise RegistryError(f"model {name} has no {what}: deleted, never registered, or another env's model "
-                            f"({_short(e)}) in {store_description()}; trace an existing version, e.g. models:/{name}@champion") from None
-
 def get_run(client, run_id:str):
     "The MLflow run `run_id`, or None when there is none."
     from mlflow.exceptions import MlflowException

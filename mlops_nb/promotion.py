@@ -8,7 +8,7 @@ import getpass, json, os
 import pandas as pd
 from .core import RegistryError, ParameterError, utc_now
 from .config import EnvConfig, load_config, configure_mlflow, require_store, store_description
-from .evaluation import get_alias
+from .registry import get_alias
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'current_user', 'history_table', 'champion_history', 'champion_stack', 'check_target',

@@ -8,7 +8,7 @@ import contextlib, json, os, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
-from .core import MlopsNbError, new_job_run_id
+from .core import MlopsNbError, new_job_run_id, short_error
 from .config import load_config, configure_mlflow, mlops_home, require_store, store_description
 
 # %% auto #0
@@ -56,8 +56,7 @@ def read_recorded_data(run) -> tuple:
     table, version = p["training_table"], p["training_version"]
     try: snap = read_table(table, version)
     except Exception as e:
-        from mlops_nb.lineage import _short
-        return None, [f"table {table} version {version} can no longer be read ({_short(e)}): vacuumed or deleted "
+        return None, [f"table {table} version {version} can no longer be read ({short_error(e)}): vacuumed or deleted "
                       f"since run {run.info.run_id}, so its training data is gone"]
     fp = data_fingerprint(snap.data)
     if t.get("data_fingerprint") and fp != t["data_fingerprint"]:

@@ -227,7 +227,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
 def _summarise(job:JobRun, cfg:EnvConfig):
     "Fill the job's status, model, champion and predictions from the steps' outputs and the registry."
     import mlflow
-    from mlops_nb.evaluation import get_alias
+    from mlops_nb.registry import get_alias
     job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
     out = {s.name: s for s in job.steps}
     if "train" in out and out["train"].outputs.get("model_version"):

@@ -38,7 +38,8 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     "The env's champion, loaded with `mlflow.pyfunc`, and its lineage."
     import mlflow
     from mlops_nb.config import configure_mlflow, require_store
-    from mlops_nb.scoring import champion_of, model_inputs
+    from mlops_nb.registry import champion_of
+    from mlops_nb.scoring import model_inputs
     from mlops_nb.training import positive_proba
     from mlops_nb.pyfunc_model import sklearn_estimator
     require_store()
