@@ -337,4 +337,9 @@ d = { 'settings': { 'branch': 'main',
                                      'mlops_nb.validation.predict_positive': ('validation.html#predict_positive', 'mlops_nb/validation.py'),
                                      'mlops_nb.validation.slice_aucs': ('validation.html#slice_aucs', 'mlops_nb/validation.py'),
                                      'mlops_nb.validation.validate_candidate': ( 'validation.html#validate_candidate',
-                                                                                 'mlops_nb/validation.py')}}}
+                                                                                 'mlops_nb/validation.py')},
+            'mlops_nb.variables': { 'mlops_nb.variables.EnvVar': ('variables.html#envvar', 'mlops_nb/variables.py'),
+                                    'mlops_nb.variables.EnvVar.get': ('variables.html#envvar.get', 'mlops_nb/variables.py'),
+                                    'mlops_nb.variables.EnvVar.is_set': ('variables.html#envvar.is_set', 'mlops_nb/variables.py'),
+                                    'mlops_nb.variables.variables_markdown': ( 'variables.html#variables_markdown',
+                                                                               'mlops_nb/variables.py')}}}
