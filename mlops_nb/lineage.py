@@ -4,15 +4,16 @@
 
 # %% ../nbs/12_lineage.ipynb #f7bf3646
 from __future__ import annotations
-import json, re, subprocess
+import json, re
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
 from .config import load_config, configure_mlflow, on_databricks, require_store, store_description
+from .context import repo_root, commit_in_repo
 from .registry import get_version
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_run', 'find_prediction', 'job_notebooks',
-           'resolve_target', 'trace', 'format_trace', 'cmd_trace']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'trace',
+           'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -27,22 +28,6 @@ def parse_model_uri(uri:str, # models:/<name>/<version> or models:/<name>@<alias
     name, sep, version = rest.rpartition("/")
     if sep and name and version.isdigit(): return name, version, None
     raise MlopsNbError(f"target: expected {TARGET_HELP}; found {uri!r}")
-
-# %% ../nbs/12_lineage.ipynb #00cbdf37
-def repo_root(path=None, # a folder inside the work tree; default: the pipeline notebooks' folder
-             ) -> Path|None:
-    "The top folder of the git work tree holding `path`, or None outside git."
-    from mlops_nb.runner import pipelines_dir
-    try: r = subprocess.run(["git", "-C", str(path or pipelines_dir()), "rev-parse", "--show-toplevel"],
-                            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired): return None
-    return Path(r.stdout.strip()) if r.returncode == 0 else None
-
-def commit_in_repo(sha:str, repo) -> bool:
-    "True when commit `sha` exists in the git repository at `repo`."
-    if not sha or repo is None or not re.fullmatch(r"[0-9a-f]{7,40}", sha): return False
-    r = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True, timeout=30)
-    return r.returncode == 0
 
 # %% ../nbs/12_lineage.ipynb #f528e18f
 def get_run(client, run_id:str):

@@ -32,7 +32,7 @@ def training_run(client, run_id:str):
 
 def check_reproducible(run, repo) -> str:
     "The run's commit, when it exists in `repo` and came from a clean tree; else a clear refusal."
-    from mlops_nb.lineage import commit_in_repo
+    from mlops_nb.context import commit_in_repo
     t, rid = run.data.tags, run.info.run_id
     sha, dirty = t.get("GIT_SHA", ""), t.get("GIT_DIRTY", "")
     if dirty == "true":
@@ -225,7 +225,7 @@ def reproduce(run_id:str,          # the MLflow run id of a train step
              ) -> Reproduction:
     "Re-run a training run from its commit, parameters and table version; compare metrics and predictions."
     import mlflow
-    from mlops_nb.lineage import repo_root
+    from mlops_nb.context import repo_root
     from mlops_nb.runner import find_step_run
     t0 = time.monotonic()
     require_store()
