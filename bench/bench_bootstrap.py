@@ -1,4 +1,4 @@
-"""Benchmark: mlops_nb.evaluation.bootstrap_auc against the reference bootstrap (roc_auc_score on a
+"""Benchmark: mlops_nb.bootstrap.bootstrap_auc against the reference bootstrap (roc_auc_score on a
 fancy-indexed copy per resample), n = 1,000,000 rows, 1,000 resamples, side by side in one run.
 
 Prints the per-resample times and their ratio (target: ours at least 30x faster), the largest difference
@@ -10,7 +10,7 @@ Run: .venv/bin/python bench/bench_bootstrap.py  (or make bench)
 import os, sys, time, tracemalloc, resource
 import numpy as np
 from sklearn.metrics import roc_auc_score
-from mlops_nb.evaluation import bootstrap_auc, bootstrap_resamples
+from mlops_nb.bootstrap import bootstrap_auc, bootstrap_resamples
 
 N, N_BOOT, SEED = int(os.environ.get("BENCH_N", 1_000_000)), int(os.environ.get("BENCH_N_BOOT", 1000)), 0
 REF_RESAMPLES = int(os.environ.get("BENCH_REF_RESAMPLES", 20))

@@ -4,11 +4,13 @@
 
 # %% ../nbs/11_cli.ipynb #ead49e91
 from __future__ import annotations
-import argparse, json, sys
+import argparse, importlib, json, sys
 from .core import MlopsNbError, StepFailed
 
 # %% auto #0
-__all__ = ['cmd_env', 'cmd_demo_data', 'cmd_run', 'build_parser', 'main', 'console_main']
+__all__ = ['ENV_CHOICES', 'cmd_env', 'cmd_demo_data', 'cmd_run', 'command', 'json_flag', 'add_pipeline_commands',
+           'add_lineage_commands', 'add_promotion_commands', 'add_deploy_commands', 'add_serving_commands',
+           'build_parser', 'command_function', 'main', 'console_main']
 
 # %% ../nbs/11_cli.ipynb #53bcdadb
 def cmd_env(a) -> int:
@@ -32,8 +34,8 @@ def cmd_demo_data(a) -> int:
 
 def cmd_run(a) -> int:
     "Run the pipeline notebooks as one job run."
-    from mlops_nb.runner import run_pipeline, parse_params, format_summary
-    try: job = run_pipeline(a.env, a.steps, parse_params(a.param), quiet=False)
+    from mlops_nb.runner import STEPS, run_pipeline, parse_params, format_summary
+    try: job = run_pipeline(a.env, a.steps or STEPS, parse_params(a.param), quiet=False)
     except StepFailed as e:
         job = e.job
         if a.json: print(json.dumps(job.to_dict(), indent=2))
@@ -43,40 +45,104 @@ def cmd_run(a) -> int:
     return 0
 
 # %% ../nbs/11_cli.ipynb #70c5fc7a
-def build_parser() -> argparse.ArgumentParser:
-    "The `mlops-nb` argument parser."
-    from mlops_nb.config import ENVS
-    from mlops_nb.runner import STEPS
-    p = argparse.ArgumentParser(prog="mlops-nb", description="Notebook-first MLOps: run, trace and ship notebook pipelines.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    e = sub.add_parser("env", help="print the resolved settings of an env")
-    e.add_argument("--env", default="dev", choices=ENVS)
-    e.add_argument("--json", action="store_true", help="print JSON")
-    e.set_defaults(func=cmd_env)
-    d = sub.add_parser("demo-data", help="write the seeded demo training table and scoring batch")
-    d.add_argument("--env", default="dev", choices=ENVS)
+ENV_CHOICES = ("dev", "staging", "prod")  # config.ENVS, restated so the parser needs no import (a test checks they agree)
+
+def command(sub, name:str, target:str, help:str, env:bool=True) -> argparse.ArgumentParser:
+    "Add subcommand `name`, run by `target` (`'module:function'` in mlops_nb), with `--env` unless `env=False`."
+    p = sub.add_parser(name, help=help, description=help)
+    if env: p.add_argument("--env", default="dev", choices=ENV_CHOICES, help="the environment (default dev)")
+    p.set_defaults(func=target)
+    return p
+
+def json_flag(p, help:str="print one JSON object on stdout"):
+    "Add `--json` to `p`."
+    p.add_argument("--json", action="store_true", help=help)
+
+def add_pipeline_commands(sub):
+    "`env`, `demo-data` and `run`."
+    json_flag(command(sub, "env", "cli:cmd_env", "print the resolved settings of an env"), "print JSON")
+    d = command(sub, "demo-data", "cli:cmd_demo_data", "write the seeded demo training table and scoring batch")
     d.add_argument("--rows", type=int, default=100_000, help="training rows (default 100000)")
     d.add_argument("--scoring-rows", type=int, default=None, help="scoring batch rows (default rows/5)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--drift", type=float, default=0.0, help="shift of the scoring batch, 0 (none) to 5")
     d.add_argument("--drift-training", action="store_true", help="drift the training table too")
-    d.set_defaults(func=cmd_demo_data)
-    r = sub.add_parser("run", help="run the pipeline notebooks as one job run")
-    r.add_argument("--env", default="dev", choices=ENVS)
-    r.add_argument("--steps", default=",".join(STEPS), help=f"comma-separated, from {','.join(STEPS)}")
+    r = command(sub, "run", "cli:cmd_run", "run the pipeline notebooks as one job run")
+    r.add_argument("--steps", default=None, help="comma-separated, from explore,train,evaluate,score (default: all, in order)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more")
-    r.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    r.set_defaults(func=cmd_run)
-    from mlops_nb.lineage import add_lineage_commands; add_lineage_commands(sub)
-    from mlops_nb.deploy import add_deploy_commands; add_deploy_commands(sub)
-    from mlops_nb.serving import add_serving_commands; add_serving_commands(sub)
-    from mlops_nb.promotion import add_promotion_commands; add_promotion_commands(sub)
+    json_flag(r)
+
+# %% ../nbs/11_cli.ipynb #5752ce2b
+def add_lineage_commands(sub):
+    "`trace` and `reproduce`."
+    t = command(sub, "trace", "lineage:cmd_trace", "trace a model, step run or prediction to its code, infrastructure, environment, model and data")
+    t.add_argument("target", metavar="TARGET", help="models:/<name>/<version>, models:/<name>@<alias>, an MLflow run id or a prediction id")
+    t.add_argument("--repo", default=None, help="git work tree to look the commit up in (default: the pipeline notebooks')")
+    json_flag(t)
+    r = command(sub, "reproduce", "reproduce:cmd_reproduce", "re-run a training run from its commit and data; compare metrics and predictions", env=False)
+    r.add_argument("run_id", metavar="MLFLOW_RUN_ID", help="the MLflow run id of a train step")
+    r.add_argument("--repo", default=None, help="git repository holding the commit (default: the pipeline notebooks')")
+    r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
+    json_flag(r)
+
+def add_promotion_commands(sub):
+    "`promote`, `rollback` and `champions`: the two moves share their arguments."
+    p = command(sub, "promote", "promotion:cmd_promote", "approve: move champion to the challenger (or --version N)")
+    p.add_argument("--version", default=None, help="version to promote (default: the challenger awaiting approval)")
+    r = command(sub, "rollback", "promotion:cmd_rollback", "move champion back to the previous champion (or --version N / --mlflow-run-id ID)")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--version", default=None, help="version to roll back to (default: the previous champion)")
+    g.add_argument("--mlflow-run-id", default=None, help="the MLflow run that trained the version to roll back to")
+    for m in (p, r):
+        m.add_argument("--reason", default="", help="why, recorded in the history")
+        json_flag(m, "print the history row as JSON")
+    json_flag(command(sub, "champions", "promotion:cmd_champions", "print the history of champion moves of an env"), "print JSON")
+
+# %% ../nbs/11_cli.ipynb #a92bc270
+def add_deploy_commands(sub):
+    "`render-jobs` and `deploy` (their `--env` has no default: a deployment names its target)."
+    r = command(sub, "render-jobs", "deploy:cmd_render_jobs", "print an env's rendered Databricks job settings (JSON)", env=False)
+    r.add_argument("--env", required=True, help=f"one of {', '.join(ENV_CHOICES)}")
+    r.add_argument("--git-sha", required=True, help="the commit the jobs run")
+    r.add_argument("--git-ref", default="", help="the branch or tag (for the description)")
+    r.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
+    d = command(sub, "deploy", "deploy:cmd_deploy", "move an env's workspace Git folder to a ref and create or reset its jobs", env=False)
+    d.add_argument("--env", required=True, help=f"one of {', '.join(ENV_CHOICES)}")
+    d.add_argument("--git-ref", default=None, help="branch or tag (refs/heads/..., refs/tags/... too); default: the current branch")
+    d.add_argument("--git-sha", default=None, help="the commit expected at --git-ref")
+    d.add_argument("--rollback-to", default=None, metavar="TAG", help="go back to an earlier tag")
+    d.add_argument("--run", action="store_true", help="run the pipeline job, wait, fail when it fails")
+    d.add_argument("--dry-run", action="store_true", help="print the planned calls, change nothing")
+    d.add_argument("--profile", default=None, help="a ~/.databrickscfg profile instead of DATABRICKS_HOST/DATABRICKS_TOKEN")
+    d.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
+    d.add_argument("--retry-timeout", type=int, default=300, metavar="SECONDS", help="how long to retry 429s, 503s and unreachable hosts")
+    d.add_argument("--run-timeout", type=float, default=120, metavar="MINUTES", help="how long --run waits")
+    json_flag(d, "print a JSON summary on stdout (progress on stderr)")
+
+def add_serving_commands(sub):
+    "`serve`."
+    s = command(sub, "serve", "serving:cmd_serve", "serve the champion over HTTP (FastAPI on uvicorn)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level")
+
+def build_parser() -> argparse.ArgumentParser:
+    "The `mlops-nb` argument parser: every subcommand of every group."
+    p = argparse.ArgumentParser(prog="mlops-nb", description="Notebook-first MLOps: run, trace and ship notebook pipelines.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_pipeline_commands, add_lineage_commands, add_promotion_commands, add_deploy_commands, add_serving_commands):
+        add(sub)
     return p
+
+def command_function(target:str):
+    "The function behind `'module:function'`, importing `mlops_nb.<module>` now."
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(f"mlops_nb.{module}"), name)
 
 def main(argv=None) -> int:
     "Entry point of the `mlops-nb` console script."
     args = build_parser().parse_args(argv)
-    try: return args.func(args)
+    try: return command_function(args.func)(args)
     except MlopsNbError as e:
         print(f"mlops-nb {args.command}: error: {e}", file=sys.stderr)
         return 2 if e.usage else 1

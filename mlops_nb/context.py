@@ -4,14 +4,15 @@
 
 # %% ../nbs/02_context.ipynb #9cb0ee7f
 from __future__ import annotations
-import os, subprocess
+import os, re, subprocess
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, as_param, new_job_run_id, parse_bool
 from .config import ENVS, on_databricks
 
 # %% auto #0
-__all__ = ['get_dbutils', 'widget_value', 'resolve_param', 'resolve_params', 'git_info', 'RunContext', 'resolve_context']
+__all__ = ['get_dbutils', 'widget_value', 'resolve_param', 'resolve_params', 'git_info', 'pipelines_dir', 'repo_root',
+           'commit_in_repo', 'RunContext', 'resolve_context']
 
 # %% ../nbs/02_context.ipynb #ce2aa0c2
 def get_dbutils():
@@ -71,6 +72,28 @@ def git_info(cwd=None, # a folder inside the git work tree; default: the current
     if head.returncode != 0: return None
     status = git("status", "--porcelain")
     return head.stdout.strip(), bool(status.stdout.strip())
+
+# %% ../nbs/02_context.ipynb #a52dfbaf
+def pipelines_dir() -> Path:
+    "The folder of the pipeline notebooks."
+    if os.environ.get("MLOPS_NB_PIPELINES"): return Path(os.environ["MLOPS_NB_PIPELINES"]).resolve()
+    import mlops_nb
+    return Path(mlops_nb.__file__).resolve().parent.parent/"nbs"/"pipelines"
+
+# %% ../nbs/02_context.ipynb #00cbdf37
+def repo_root(path=None, # a folder inside the work tree; default: the pipeline notebooks' folder
+             ) -> Path|None:
+    "The top folder of the git work tree holding `path`, or None outside git."
+    try: r = subprocess.run(["git", "-C", str(path or pipelines_dir()), "rev-parse", "--show-toplevel"],
+                            capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired): return None
+    return Path(r.stdout.strip()) if r.returncode == 0 else None
+
+def commit_in_repo(sha:str, repo) -> bool:
+    "True when commit `sha` exists in the git repository at `repo`."
+    if not sha or repo is None or not re.fullmatch(r"[0-9a-f]{7,40}", sha): return False
+    r = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True, timeout=30)
+    return r.returncode == 0
 
 # %% ../nbs/02_context.ipynb #83bfd3c7
 @dataclass

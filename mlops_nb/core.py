@@ -9,7 +9,8 @@ import contextlib, datetime as _dt, os, secrets, sys
 # %% auto #0
 __all__ = ['PROCESS_TAG', 'RUNNER_TAG', 'FAILPOINT_ENV', 'FAILPOINTS', 'MlopsNbError', 'ConfigError', 'ParameterError',
            'DataError', 'RegistryError', 'DeploymentError', 'StepFailed', 'utc_now', 'new_job_run_id', 'as_param',
-           'parse_bool', 'env_vars', 'process_token', 'process_alive', 'process_tags', 'failpoint', 'exit_process']
+           'parse_bool', 'env_vars', 'process_token', 'process_alive', 'process_tags', 'failpoint', 'exit_process',
+           'short_error']
 
 # %% ../nbs/00_core.ipynb #91a0f19c
 class MlopsNbError(Exception):
@@ -138,3 +139,8 @@ def exit_process(code:int=0):
         try: s.flush()
         except Exception: pass
     os._exit(code)
+
+# %% ../nbs/00_core.ipynb #f7953553
+def short_error(e:Exception) -> str:
+    "The first line of an error message, at most 200 characters (the exception's type when it has no message)."
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

@@ -16,7 +16,7 @@ from .config import ENVS, EnvConfig, load_config
 # %% auto #0
 __all__ = ['templates_root', 'template_names', 'jinja_env', 'check_git_sha', 'job_context', 'check_job_settings', 'render_job',
            'render_jobs', 'GitRef', 'resolve_git_ref', 'workspace_client', 'Action', 'find_repo', 'find_jobs',
-           'plan_deploy', 'apply_plan', 'run_job', 'deploy', 'cmd_render_jobs', 'cmd_deploy', 'add_deploy_commands']
+           'plan_deploy', 'apply_plan', 'run_job', 'deploy', 'cmd_render_jobs', 'cmd_deploy']
 
 # %% ../nbs/15_deploy.ipynb #646c7d94
 def templates_root(templates_dir=None, # a folder of *.json.j2 templates; default: the package's own
@@ -384,26 +384,3 @@ def cmd_deploy(a) -> int:
                out=(lambda s: print(s, file=sys.stderr)) if a.json else print)
     if a.json: print(json.dumps(s, indent=2))
     return 0
-
-# %% ../nbs/15_deploy.ipynb #b6d0d39c
-def add_deploy_commands(sub):
-    "Add `render-jobs` and `deploy` to the `mlops-nb` subcommands."
-    r = sub.add_parser("render-jobs", help="print an env's rendered Databricks job settings (JSON)")
-    r.add_argument("--env", required=True, help=f"one of {', '.join(ENVS)}")
-    r.add_argument("--git-sha", required=True, help="the commit the jobs run")
-    r.add_argument("--git-ref", default="", help="the branch or tag (for the description)")
-    r.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
-    r.set_defaults(func=cmd_render_jobs)
-    d = sub.add_parser("deploy", help="move an env's workspace Git folder to a ref and create or reset its jobs")
-    d.add_argument("--env", required=True, help=f"one of {', '.join(ENVS)}")
-    d.add_argument("--git-ref", default=None, help="branch or tag (refs/heads/..., refs/tags/... too); default: the current branch")
-    d.add_argument("--git-sha", default=None, help="the commit expected at --git-ref")
-    d.add_argument("--rollback-to", default=None, metavar="TAG", help="go back to an earlier tag")
-    d.add_argument("--run", action="store_true", help="run the pipeline job, wait, fail when it fails")
-    d.add_argument("--dry-run", action="store_true", help="print the planned calls, change nothing")
-    d.add_argument("--profile", default=None, help="a ~/.databrickscfg profile instead of DATABRICKS_HOST/DATABRICKS_TOKEN")
-    d.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
-    d.add_argument("--retry-timeout", type=int, default=300, metavar="SECONDS", help="how long to retry 429s, 503s and unreachable hosts")
-    d.add_argument("--run-timeout", type=float, default=120, metavar="MINUTES", help="how long --run waits")
-    d.add_argument("--json", action="store_true", help="print a JSON summary on stdout (progress on stderr)")
-    d.set_defaults(func=cmd_deploy)

@@ -4,14 +4,16 @@
 
 # %% ../nbs/12_lineage.ipynb #f7bf3646
 from __future__ import annotations
-import json, re, subprocess
+import json, re
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
 from .config import load_config, configure_mlflow, on_databricks, require_store, store_description
+from .context import repo_root, commit_in_repo
+from .registry import get_version
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'repo_root', 'commit_in_repo', 'get_version', 'get_run', 'find_prediction',
-           'job_notebooks', 'resolve_target', 'trace', 'format_trace', 'cmd_trace', 'add_lineage_commands']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'trace',
+           'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -27,36 +29,7 @@ def parse_model_uri(uri:str, # models:/<name>/<version> or models:/<name>@<alias
     if sep and name and version.isdigit(): return name, version, None
     raise MlopsNbError(f"target: expected {TARGET_HELP}; found {uri!r}")
 
-# %% ../nbs/12_lineage.ipynb #00cbdf37
-def repo_root(path=None, # a folder inside the work tree; default: the pipeline notebooks' folder
-             ) -> Path|None:
-    "The top folder of the git work tree holding `path`, or None outside git."
-    from mlops_nb.runner import pipelines_dir
-    try: r = subprocess.run(["git", "-C", str(path or pipelines_dir()), "rev-parse", "--show-toplevel"],
-                            capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired): return None
-    return Path(r.stdout.strip()) if r.returncode == 0 else None
-
-def commit_in_repo(sha:str, repo) -> bool:
-    "True when commit `sha` exists in the git repository at `repo`."
-    if not sha or repo is None or not re.fullmatch(r"[0-9a-f]{7,40}", sha): return False
-    r = subprocess.run(["git", "-C", str(repo), "cat-file", "-e", f"{sha}^{{commit}}"], capture_output=True, timeout=30)
-    return r.returncode == 0
-
 # %% ../nbs/12_lineage.ipynb #f528e18f
-def _short(e:Exception) -> str:
-    "The first line of an error message, at most 200 characters."
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-def get_version(client, name:str, version:str=None, alias:str=None):
-    "The model version `name`/`version` (or `name@alias`); a `RegistryError` when it does not exist."
-    from mlflow.exceptions import MlflowException
-    try: return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
-    except MlflowException as e:
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise RegistryError(f"model {name} has no {what}: deleted, never registered, or another env's model "
-                            f"({_short(e)}) in {store_description()}; trace an existing version, e.g. models:/{name}@champion") from None
-
 def get_run(client, run_id:str):
     "The MLflow run `run_id`, or None when there is none."
     from mlflow.exceptions import MlflowException
@@ -232,25 +205,3 @@ def cmd_trace(a) -> int:
     t = trace(a.target, a.env, a.repo)
     print(json.dumps(t, indent=2) if a.json else format_trace(t))
     return 1 if t["missing"] else 0
-
-# %% ../nbs/12_lineage.ipynb #d0367709
-def _cmd_reproduce(a) -> int:
-    "Run `mlops-nb reproduce` (imported on use)."
-    from mlops_nb.reproduce import cmd_reproduce
-    return cmd_reproduce(a)
-
-def add_lineage_commands(sub):
-    "Add the `trace` and `reproduce` subcommands to the `mlops-nb` parser's subparsers `sub`."
-    from mlops_nb.config import ENVS
-    t = sub.add_parser("trace", help="trace a model, step run or prediction to its code, infrastructure, environment, model and data")
-    t.add_argument("target", metavar="TARGET", help=TARGET_HELP)
-    t.add_argument("--env", default="dev", choices=ENVS)
-    t.add_argument("--repo", default=None, help="git work tree to look the commit up in (default: the pipeline notebooks')")
-    t.add_argument("--json", action="store_true", help="print one JSON object")
-    t.set_defaults(func=cmd_trace)
-    r = sub.add_parser("reproduce", help="re-run a training run from its commit and data; compare metrics and predictions")
-    r.add_argument("run_id", metavar="MLFLOW_RUN_ID", help="the MLflow run id of a train step")
-    r.add_argument("--repo", default=None, help="git repository holding the commit (default: the pipeline notebooks')")
-    r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
-    r.add_argument("--json", action="store_true", help="print one JSON object")
-    r.set_defaults(func=_cmd_reproduce)

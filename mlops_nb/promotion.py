@@ -8,12 +8,12 @@ import getpass, json, os
 import pandas as pd
 from .core import RegistryError, ParameterError, utc_now
 from .config import EnvConfig, load_config, configure_mlflow, require_store, store_description
-from .evaluation import get_alias
+from .registry import get_alias
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'current_user', 'history_table', 'champion_history', 'champion_stack', 'check_target',
            'reconcile_champion', 'move_champion', 'promote', 'version_of_run', 'previous_champion', 'rollback',
-           'cmd_promote', 'cmd_rollback', 'cmd_champions', 'add_promotion_commands']
+           'cmd_promote', 'cmd_rollback', 'cmd_champions']
 
 # %% ../nbs/08a_promotion.ipynb #39e80f02
 def current_user() -> str:
@@ -215,25 +215,3 @@ def cmd_champions(a) -> int:
     else:
         for h in hist: print(f"{h['seq']:>3}  {h['moved_at']}  {h['action']:8}  {h['from_version'] or '-':>4} -> {h['to_version']:<4} {h['user']:12} {h['reason']}")
     return 0
-
-def add_promotion_commands(sub):
-    "Add the promote, rollback and champions subcommands to the `mlops-nb` parser."
-    from mlops_nb.config import ENVS
-    p = sub.add_parser("promote", help="approve: move champion to the challenger (or --version N)")
-    p.add_argument("--env", default="dev", choices=ENVS)
-    p.add_argument("--version", default=None, help="version to promote (default: the challenger awaiting approval)")
-    p.add_argument("--reason", default="", help="why, recorded in the history")
-    p.add_argument("--json", action="store_true", help="print the history row as JSON")
-    p.set_defaults(func=cmd_promote)
-    r = sub.add_parser("rollback", help="move champion back to the previous champion (or --version N / --mlflow-run-id ID)")
-    r.add_argument("--env", default="dev", choices=ENVS)
-    g = r.add_mutually_exclusive_group()
-    g.add_argument("--version", default=None, help="version to roll back to (default: the previous champion)")
-    g.add_argument("--mlflow-run-id", default=None, help="the MLflow run that trained the version to roll back to")
-    r.add_argument("--reason", default="", help="why, recorded in the history")
-    r.add_argument("--json", action="store_true", help="print the history row as JSON")
-    r.set_defaults(func=cmd_rollback)
-    c = sub.add_parser("champions", help="print the history of champion moves of an env")
-    c.add_argument("--env", default="dev", choices=ENVS)
-    c.add_argument("--json", action="store_true", help="print JSON")
-    c.set_defaults(func=cmd_champions)

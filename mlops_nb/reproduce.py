@@ -8,7 +8,7 @@ import contextlib, json, os, shutil, subprocess, sys, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
-from .core import MlopsNbError, new_job_run_id, process_token
+from .core import MlopsNbError, new_job_run_id, process_token, short_error
 from .config import load_config, configure_mlflow, mlops_home, require_store, store_description
 
 # %% auto #0
@@ -32,7 +32,7 @@ def training_run(client, run_id:str):
 
 def check_reproducible(run, repo) -> str:
     "The run's commit, when it exists in `repo` and came from a clean tree; else a clear refusal."
-    from mlops_nb.lineage import commit_in_repo
+    from mlops_nb.context import commit_in_repo
     t, rid = run.data.tags, run.info.run_id
     sha, dirty = t.get("GIT_SHA", ""), t.get("GIT_DIRTY", "")
     if dirty == "true":
@@ -56,8 +56,7 @@ def read_recorded_data(run) -> tuple:
     table, version = p["training_table"], p["training_version"]
     try: snap = read_table(table, version)
     except Exception as e:
-        from mlops_nb.lineage import _short
-        return None, [f"table {table} version {version} can no longer be read ({_short(e)}): vacuumed or deleted "
+        return None, [f"table {table} version {version} can no longer be read ({short_error(e)}): vacuumed or deleted "
                       f"since run {run.info.run_id}, so its training data is gone"]
     fp = data_fingerprint(snap.data)
     if t.get("data_fingerprint") and fp != t["data_fingerprint"]:
@@ -227,7 +226,7 @@ def reproduce(run_id:str,          # the MLflow run id of a train step
              ) -> Reproduction:
     "Re-run a training run from its commit, parameters and table version; compare metrics and predictions."
     import mlflow
-    from mlops_nb.lineage import repo_root
+    from mlops_nb.context import repo_root
     from mlops_nb.runner import find_step_run
     t0 = time.monotonic()
     require_store()

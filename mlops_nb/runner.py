@@ -9,21 +9,16 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import MlopsNbError, ParameterError, StepFailed, DataError, new_job_run_id
 from .config import EnvConfig, load_config, mlops_home, configure_mlflow
-from .context import git_info
+from .context import git_info, pipelines_dir
 
 # %% auto #0
-__all__ = ['STEPS', 'CONTEXT_PARAMS', 'KERNEL_PRELUDE', 'pipelines_dir', 'step_notebook', 'parse_steps', 'parse_params',
-           'step_parameters', 'check_params', 'StepResult', 'JobRun', 'env_lock', 'find_step_run', 'lock_holder',
-           'end_dead_runs', 'recover_env', 'kernel_argv', 'run_step', 'run_pipeline', 'format_summary']
+__all__ = ['STEPS', 'CONTEXT_PARAMS', 'KERNEL_PRELUDE', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
+           'check_params', 'StepResult', 'JobRun', 'env_lock', 'find_step_run', 'lock_holder', 'end_dead_runs',
+           'recover_env', 'kernel_argv', 'run_step', 'run_pipeline', 'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
 CONTEXT_PARAMS = ("env", "job_id", "run_id", "task_key", "git_sha", "git_dirty")
-
-def pipelines_dir() -> Path:
-    "The folder of the pipeline notebooks."
-    if os.environ.get("MLOPS_NB_PIPELINES"): return Path(os.environ["MLOPS_NB_PIPELINES"]).resolve()
-    return Path(__file__).resolve().parent.parent/"nbs"/"pipelines"
 
 def step_notebook(step:str) -> Path:
     "The notebook of `step`."
@@ -332,7 +327,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
 def _summarise(job:JobRun, cfg:EnvConfig):
     "Fill the job's status, model, champion and predictions from the steps' outputs and the registry."
     import mlflow
-    from mlops_nb.evaluation import get_alias
+    from mlops_nb.registry import get_alias
     job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
     out = {s.name: s for s in job.steps}
     if "train" in out and out["train"].outputs.get("model_version"):

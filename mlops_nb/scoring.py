@@ -8,14 +8,15 @@ import hashlib, os, sys, datetime as _dt
 from dataclasses import dataclass
 import pyarrow as pa
 from .core import DataError, RegistryError
-from .config import EnvConfig, on_databricks, store_description
+from .config import EnvConfig, on_databricks
 from .context import RunContext
+from .registry import champion_of
 
 # %% auto #0
-__all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'get_spark', 'read_spark_table', 'champion_of', 'InputColumn', 'model_inputs',
-           'model_features', 'schema_problems', 'null_problems', 'check_input', 'prediction_id', 'lineage_columns',
-           'spark_arrow_batches', 'with_lineage', 'prediction_schema', 'batch_reader', 'ScoreResult',
-           'existing_prediction_ids', 'probability_udf', 'score_table']
+__all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'get_spark', 'read_spark_table', 'InputColumn', 'model_inputs', 'model_features',
+           'schema_problems', 'null_problems', 'check_input', 'prediction_id', 'lineage_columns', 'spark_arrow_batches',
+           'with_lineage', 'prediction_schema', 'batch_reader', 'ScoreResult', 'existing_prediction_ids',
+           'probability_udf', 'score_table']
 
 # %% ../nbs/09_scoring.ipynb #d2f57783
 def get_spark(app_name:str="mlops-nb"):
@@ -53,15 +54,6 @@ def read_spark_table(spark, name:str, version=None):
     return spark.read.parquet(*dt.file_uris()), dt.version()
 
 # %% ../nbs/09_scoring.ipynb #f8bcd2b6
-def champion_of(client, name:str):
-    "The model version behind `champion`, or a `RegistryError` saying how to get one."
-    from mlops_nb.evaluation import get_alias
-    mv = get_alias(client, name, "champion")
-    if mv is None:
-        raise RegistryError(f"model {name} has no champion in {store_description()}; run the train and evaluate steps first "
-                            f"(mlops-nb run --steps train,evaluate)")
-    return mv
-
 @dataclass
 class InputColumn:
     "One input column of a model's signature."

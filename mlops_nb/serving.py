@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 
 # %% auto #0
 __all__ = ['INFERENCE_LOG_SCHEMA', 'LoadedModel', 'load_champion', 'record_errors', 'records_frame', 'InferenceLog',
-           'MicroBatcher', 'create_app', 'cmd_serve', 'add_serving_commands']
+           'MicroBatcher', 'create_app', 'cmd_serve']
 
 # %% ../nbs/14_serving.ipynb #ce5ec0a8
 @dataclass
@@ -38,7 +38,8 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     "The env's champion, loaded with `mlflow.pyfunc`, and its lineage."
     import mlflow
     from mlops_nb.config import configure_mlflow, require_store
-    from mlops_nb.scoring import champion_of, model_inputs
+    from mlops_nb.registry import champion_of
+    from mlops_nb.scoring import model_inputs
     from mlops_nb.training import positive_proba
     from mlops_nb.pyfunc_model import sklearn_estimator
     require_store()
@@ -369,13 +370,3 @@ def cmd_serve(a) -> int:
     print(f"mlops-nb serve: {cfg.registered_model}@champion on http://{a.host}:{a.port} ({auth})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
     return 0
-
-def add_serving_commands(sub):
-    "Add `serve` to the `mlops-nb` subcommands."
-    from mlops_nb.config import ENVS
-    s = sub.add_parser("serve", help="serve the champion over HTTP (FastAPI on uvicorn)")
-    s.add_argument("--env", default="dev", choices=ENVS)
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level")
-    s.set_defaults(func=cmd_serve)

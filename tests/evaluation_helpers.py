@@ -57,6 +57,6 @@ def client():
 
 def alias(name: str, which: str):
     "The version (str) behind alias `which`, or None."
-    from mlops_nb.evaluation import get_alias
+    from mlops_nb.registry import get_alias
     mv = get_alias(client(), name, which)
     return str(mv.version) if mv else None

@@ -88,3 +88,18 @@ def test_demo_data_writes_seeded_tables(make_home):
     r2 = a.demo_data(rows=300, seed=7)
     assert "dev.mlops_nb.training version 1" in r2.stdout
     assert a.read_table("dev.mlops_nb.training").data.equals(ta)
+
+
+def test_help_and_env_load_no_heavy_library(home):
+    "The command line imports a command's module only when it runs: --help and env stay light."
+    code = ("import sys, contextlib, io\nfrom mlops_nb.cli import main\n"
+            "for argv in (['env', '--json'], ['run', '--help'], ['--help']):\n"
+            "    with contextlib.redirect_stdout(io.StringIO()):\n"
+            "        try: main(argv)\n"
+            "        except SystemExit: pass\n"
+            "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('fastapi', 'uvicorn', 'pyspark', 'numba', 'mlflow', 'sklearn', 'deltalake', 'pandas', 'papermill'))))")
+    import subprocess, sys
+    p = subprocess.run([sys.executable, "-c", code], env=home.environ(), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "", f"loaded: {p.stdout.strip()}"

@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from mlops_nb.core import DataError, ParameterError
-from mlops_nb.evaluation import bootstrap_auc, bootstrap_resamples, paired_bootstrap_auc, compare_auc
+from mlops_nb.bootstrap import bootstrap_auc, bootstrap_resamples, paired_bootstrap_auc, compare_auc
 from evaluation_helpers import WEAK, STRONG, pointed_at, write_data, train, evaluate, client, alias
 
 DEV, PROD = "dev.mlops_nb.demo_model", "prod.mlops_nb.demo_model"
