@@ -12,7 +12,7 @@ from .core import ConfigError, MlopsNbError, env_vars
 # %% auto #0
 __all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri',
            'registry_uri', 'artifact_root', 'configure_mlflow', 'redact_uri', 'describe_env', 'store_description',
-           'require_store']
+           'require_store', 'command_line', 'lock_holder', 'env_lock']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -225,3 +225,35 @@ def require_store():
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise MlopsNbError(f"no MLflow store at {uri[len('sqlite:///'):]}: {store_description()} holds no runs yet; "
                            f"run `mlops-nb run` first, or set MLOPS_NB_HOME to the home that holds your runs")
+
+# %% ../nbs/01_config.ipynb #42379722
+import contextlib, fcntl, platform, sys
+
+def command_line() -> str:
+    "This process's command, short: `mlops-nb run --steps train`."
+    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv and sys.argv[0] else f"python pid {os.getpid()}"
+
+def lock_holder(path:Path) -> str:
+    "Who holds the lock file `path`, as its holder wrote it."
+    try: h = json.loads(Path(path).read_text() or "{}")
+    except (OSError, ValueError): h = {}
+    if not isinstance(h, dict) or not h.get("pid"): return "another process (it has not yet written its name into the lock file)"
+    return f"`{h.get('command', '?')}` (pid {h['pid']} on {h.get('host', '?')}, since {h.get('since', '?')})"
+
+@contextlib.contextmanager
+def env_lock(env:str):
+    "Hold the lock of `env` (its file names the holder); fail at once, naming the holder, when another process holds it."
+    from mlops_nb.core import utc_now
+    d = mlops_home()/"locks"; d.mkdir(parents=True, exist_ok=True)
+    path = d/f"{env}.lock"
+    with open(path, "a+") as f:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MlopsNbError(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
+                               f"then try again") from None
+        try:
+            f.truncate(0); f.write(json.dumps({"command": command_line(), "pid": os.getpid(), "host": platform.node(), "since": utc_now()})); f.flush()
+            yield
+        finally:
+            f.truncate(0); f.flush()
+            fcntl.flock(f, fcntl.LOCK_UN)

@@ -97,7 +97,7 @@ def evaluate_candidates(ctx:RunContext, # the run this step belongs to
     "Validate the candidates, compare the best with the champion and promote it (or stop at challenger) by the env's rule."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
-    from mlops_nb.promotion import move_champion
+    from mlops_nb.registry import move_champion
     n_boot = check_n_boot(n_boot if n_boot not in (None, "") else cfg.n_boot)
     run = start_step_run(ctx, cfg, {"min_auc": cfg.min_auc, "promote_win_rate": cfg.promote_win_rate, "baseline_auc": cfg.baseline_auc,
                                     "n_boot": n_boot, "seed": cfg.seed, "require_approval": cfg.require_approval,

@@ -4,17 +4,18 @@
 
 # %% ../nbs/10_runner.ipynb #0c4e363a
 from __future__ import annotations
-import contextlib, fcntl, json, os, sys, time
+import contextlib, json, os, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from .core import MlopsNbError, ParameterError, StepFailed, DataError, new_job_run_id
+from .core import ParameterError, StepFailed, new_job_run_id
 from .config import EnvConfig, load_config, mlops_home, configure_mlflow
 from .context import git_info, pipelines_dir
+from .tracking import locked_env
 
 # %% auto #0
 __all__ = ['STEPS', 'CONTEXT_PARAMS', 'KERNEL_PRELUDE', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
-           'check_params', 'StepResult', 'JobRun', 'env_lock', 'find_step_run', 'lock_holder', 'end_dead_runs',
-           'recover_env', 'kernel_argv', 'run_step', 'run_pipeline', 'format_summary']
+           'check_params', 'StepResult', 'JobRun', 'find_step_run', 'kernel_argv', 'run_step', 'run_pipeline',
+           'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
@@ -101,24 +102,6 @@ class JobRun:
 
     def to_dict(self) -> dict: return asdict(self)
 
-@contextlib.contextmanager
-def env_lock(env:str, recover:bool=True):
-    "Hold the lock of `env` (its file names the holder); fail at once, naming the holder, when another process holds it."
-    d = mlops_home()/"locks"; d.mkdir(parents=True, exist_ok=True)
-    path = d/f"{env}.lock"
-    with open(path, "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MlopsNbError(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
-                               f"then try again") from None
-        try:
-            f.truncate(0); f.write(json.dumps(_holder_record())); f.flush()
-            if recover: recover_env(env)  # finish what killed commands left half done
-            yield
-        finally:
-            f.truncate(0); f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
-
 def _kernel_name() -> str:
     "A kernel spec on this very Python and this home, so notebooks import the same mlops_nb and use the same store."
     d = mlops_home()/"jupyter"/"kernels"/"mlops-nb"
@@ -140,58 +123,6 @@ def find_step_run(cfg:EnvConfig, job_run_id:str, step:str):
     runs = mlflow.MlflowClient().search_runs([exp.experiment_id], f"tags.DBR_RUN_ID = '{job_run_id}' and tags.task_key = '{step}'",
                                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
-
-# %% ../nbs/10_runner.ipynb #10d583d5
-import platform
-
-def _command_line() -> str:
-    "This process's command, short: `mlops-nb run --steps train`."
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv and sys.argv[0] else f"python pid {os.getpid()}"
-
-def _holder_record() -> dict:
-    "What the holder of a lock writes into its lock file."
-    from mlops_nb.core import utc_now
-    return {"command": _command_line(), "pid": os.getpid(), "host": platform.node(), "since": utc_now()}
-
-def lock_holder(path:Path) -> str:
-    "Who holds the lock file `path`, as its holder wrote it."
-    try: h = json.loads(Path(path).read_text() or "{}")
-    except (OSError, ValueError): h = {}
-    if not isinstance(h, dict) or not h.get("pid"): return "another process (it has not yet written its name into the lock file)"
-    return f"`{h.get('command', '?')}` (pid {h['pid']} on {h.get('host', '?')}, since {h.get('since', '?')})"
-
-def end_dead_runs(cfg:EnvConfig) -> list:
-    "End KILLED the env's RUNNING MLflow runs whose recorded processes are all gone; log their partial notebooks; say so."
-    import mlflow
-    from mlops_nb.core import PROCESS_TAG, RUNNER_TAG, process_alive, utc_now
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(cfg.experiment_name)
-    if exp is None: return []
-    ended = []
-    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        t = run.data.tags
-        procs = [t[k] for k in (RUNNER_TAG, PROCESS_TAG) if t.get(k)]
-        if not procs or any(process_alive(x) is not False for x in procs): continue  # alive, elsewhere or unknown
-        job, step = t.get("DBR_RUN_ID", ""), t.get("task_key", "")
-        nb = mlops_home()/"runs"/job/f"{step}.ipynb"
-        if job and step and "/" not in job + step and nb.is_file(): client.log_artifact(run.info.run_id, str(nb), "notebooks")
-        client.set_tag(run.info.run_id, "end_reason", f"ended KILLED at {utc_now()} by `{_command_line()}`: no process "
-                                                      f"of the run is left ({', '.join(procs)})"[:5000])
-        client.set_terminated(run.info.run_id, "KILLED")
-        ended.append(run)
-    if ended:
-        what = ", ".join(f"{r.data.tags.get('task_key', '?')} of job run {r.data.tags.get('DBR_RUN_ID', '?')} "
-                         f"(MLflow run {r.info.run_id})" for r in ended)
-        print(f"mlops-nb: ended {len(ended)} MLflow run(s) KILLED, their processes being gone: {what}; "
-              f"partly executed notebooks logged to them", file=sys.stderr)
-    return ended
-
-def recover_env(env:str) -> dict:
-    "Finish what killed commands left half done in `env` (hold its lock): end dead runs, complete a champion move."
-    from mlops_nb.promotion import reconcile_champion
-    cfg = load_config(env)
-    configure_mlflow(cfg)
-    return {"ended_runs": end_dead_runs(cfg), "completed_move": reconcile_champion(cfg)}
 
 # %% ../nbs/10_runner.ipynb #e3857701
 KERNEL_PRELUDE = """import ctypes, os, signal, sys
@@ -307,7 +238,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
     out_dir = mlops_home()/"runs"/job.job_run_id
     t0 = time.monotonic()
     from mlops_nb.core import env_vars, process_token
-    with env_lock(env), _stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
+    with locked_env(env), _stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the lock is ours: a refused run writes nothing
         _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
         for i, s in enumerate(job.steps, 1):

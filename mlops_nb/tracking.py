@@ -4,15 +4,16 @@
 
 # %% ../nbs/05_tracking.ipynb #48f07c76
 from __future__ import annotations
-import hashlib, json, os, platform, sys
+import contextlib, hashlib, json, os, platform, sys
 from pathlib import Path
 import pandas as pd
-from .config import EnvConfig, configure_mlflow, on_databricks
+from .config import EnvConfig, configure_mlflow, on_databricks, mlops_home, command_line, env_lock
 from .context import RunContext
 
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'lineage_tags',
-           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run']
+           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run', 'end_dead_runs',
+           'recover_env', 'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -150,3 +151,45 @@ def finish_step_run(status:str="FINISHED"):
     "End the step's MLflow run."
     import mlflow
     if mlflow.active_run() is not None: mlflow.end_run(status)
+
+# %% ../nbs/05_tracking.ipynb #ba755239
+def end_dead_runs(cfg:EnvConfig) -> list:
+    "End KILLED the env's RUNNING MLflow runs whose recorded processes are all gone; log their partial notebooks; say so."
+    import mlflow
+    from mlops_nb.core import PROCESS_TAG, RUNNER_TAG, process_alive, utc_now
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(cfg.experiment_name)
+    if exp is None: return []
+    ended = []
+    for run in client.search_runs([exp.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        t = run.data.tags
+        procs = [t[k] for k in (RUNNER_TAG, PROCESS_TAG) if t.get(k)]
+        if not procs or any(process_alive(x) is not False for x in procs): continue  # alive, elsewhere or unknown
+        job, step = t.get("DBR_RUN_ID", ""), t.get("task_key", "")
+        nb = mlops_home()/"runs"/job/f"{step}.ipynb"
+        if job and step and "/" not in job + step and nb.is_file(): client.log_artifact(run.info.run_id, str(nb), "notebooks")
+        client.set_tag(run.info.run_id, "end_reason", f"ended KILLED at {utc_now()} by `{command_line()}`: no process "
+                                                      f"of the run is left ({', '.join(procs)})"[:5000])
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run)
+    if ended:
+        what = ", ".join(f"{r.data.tags.get('task_key', '?')} of job run {r.data.tags.get('DBR_RUN_ID', '?')} "
+                         f"(MLflow run {r.info.run_id})" for r in ended)
+        print(f"mlops-nb: ended {len(ended)} MLflow run(s) KILLED, their processes being gone: {what}; "
+              f"partly executed notebooks logged to them", file=sys.stderr)
+    return ended
+
+def recover_env(env:str) -> dict:
+    "Finish what killed commands left half done in `env` (hold its lock): end dead runs, complete a champion move."
+    from mlops_nb.config import load_config
+    from mlops_nb.registry import reconcile_champion
+    cfg = load_config(env)
+    configure_mlflow(cfg)
+    return {"ended_runs": end_dead_runs(cfg), "completed_move": reconcile_champion(cfg)}
+
+@contextlib.contextmanager
+def locked_env(env:str):
+    "Hold the lock of `env`, having first finished what killed commands left half done there."
+    with env_lock(env):
+        recover_env(env)
+        yield

@@ -36,7 +36,7 @@ def champion(home) -> str:
 
 def history(home) -> list:
     from mlops_nb.config import load_config
-    from mlops_nb.promotion import champion_history
+    from mlops_nb.registry import champion_history
     with home.active(): return champion_history(load_config("dev"))
 
 
@@ -84,7 +84,7 @@ def gone(token: str, timeout: float = 10) -> bool:
 
 def test_a_kill_at_each_point_of_a_champion_move_is_completed_by_the_next_command(lab):
     from mlops_nb.core import FAILPOINTS
-    from mlops_nb.promotion import champion_stack
+    from mlops_nb.registry import champion_stack
     c = lab.client()
     for point in FAILPOINTS:
         before, hist = champion(lab), history(lab)
@@ -131,7 +131,7 @@ def test_a_kill_at_each_stage_of_a_run_leaves_no_running_run_after_the_next_comm
     assert r.returncode == 0, str(r)
     assert r.stderr.count(KILLED_LINE) == 1 and f"score of job run {killed[-1][1]}" in r.stderr, r.stderr
     assert running_runs(lab) == []
-    from mlops_nb.promotion import champion_stack
+    from mlops_nb.registry import champion_stack
     assert champion(lab) == champion_stack(history(lab))[-1]  # alias and history agree
     for step, job, run_id in killed:
         run = c.get_run(run_id)
