@@ -5,7 +5,7 @@
 # %% ../nbs/02_context.ipynb #9cb0ee7f
 from __future__ import annotations
 import os, re, subprocess
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ParameterError, as_param, new_job_run_id, parse_bool
 from .config import ENVS, on_databricks

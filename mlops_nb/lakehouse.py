@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_lakehouse.ipynb #e3ce8f0b
 from __future__ import annotations
-import contextlib, os, re
+import contextlib, os, re, sys
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd, pyarrow as pa
@@ -13,7 +13,8 @@ from .config import mlops_home, on_databricks
 
 # %% auto #0
 __all__ = ['table_path', 'table_exists', 'first_line', 'log_versions', 'missing_files', 'table_failure', 'table_errors',
-           'Snapshot', 'open_delta', 'read_table', 'table_version', 'write_table', 'history']
+           'Snapshot', 'parse_version', 'open_delta', 'read_table', 'table_version', 'write_table', 'history',
+           'get_spark', 'read_spark_table']
 
 # %% ../nbs/03_lakehouse.ipynb #46285d9d
 def table_path(name:str, # three-level table name, catalog.schema.table
@@ -26,7 +27,7 @@ def table_path(name:str, # three-level table name, catalog.schema.table
 
 def table_exists(name:str) -> bool:
     "True when the table `name` exists."
-    if on_databricks(): return _spark().catalog.tableExists(name)
+    if on_databricks(): return get_spark().catalog.tableExists(name)
     from deltalake import DeltaTable
     return DeltaTable.is_deltatable(str(table_path(name)))
 
@@ -84,12 +85,7 @@ class Snapshot:
     table: str     # catalog.schema.table
     location: str  # path on disk locally; the table name on Databricks
 
-def _spark():
-    "The active Spark session (Databricks)."
-    from pyspark.sql import SparkSession
-    return SparkSession.builder.getOrCreate()
-
-def _version_arg(version) -> int|None:
+def parse_version(version) -> int|None:
     "A table version given as int or string (`''` = latest)."
     if version is None or str(version).strip() == "": return None
     try: v = int(str(version).strip())
@@ -102,7 +98,7 @@ def open_delta(name:str, version=None,
               ):
     "The local `deltalake.DeltaTable` of `name` at `version` (latest when None); a one-line `DataError` when broken."
     from deltalake import DeltaTable
-    path, v = table_path(name), _version_arg(version)
+    path, v = table_path(name), parse_version(version)
     if not DeltaTable.is_deltatable(str(path)):
         raise DataError(f"table {name} does not exist (looked for a Delta table at {path}); "
                         f"write it first (for demo data: mlops-nb demo-data) or pass another table")
@@ -127,9 +123,7 @@ def read_table(name:str,      # three-level table name
               ) -> Snapshot:
     "The data of table `name` at `version`, with the version actually read."
     if on_databricks():
-        spark, v = _spark(), _version_arg(version)
-        if v is None: v = int(spark.sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
-        sdf = spark.read.option("versionAsOf", v).table(name)
+        sdf, v = read_spark_table(name, version)
         if columns: sdf = sdf.select(*columns)
         return Snapshot(sdf.toPandas(), v, name, name)
     dt = open_delta(name, version)
@@ -141,7 +135,7 @@ def read_table(name:str,      # three-level table name
 
 def table_version(name:str) -> int:
     "The latest version of table `name`."
-    if on_databricks(): return int(_spark().sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
+    if on_databricks(): return int(get_spark().sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
     return open_delta(name, check_files=False).version()
 
 # %% ../nbs/03_lakehouse.ipynb #d3e5758b
@@ -167,7 +161,7 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
     "Append `data` to (or overwrite) table `name` in one transaction; return the new version."
     if mode not in ("append", "overwrite"): raise ParameterError(f"mode: expected append or overwrite, found {mode!r}")
     if on_databricks():
-        spark = _spark()
+        spark = get_spark()
         sdf = spark.createDataFrame(data if isinstance(data, pd.DataFrame) else _to_arrow(data).to_pandas())
         sdf.write.format("delta").mode(mode).saveAsTable(name)
         return table_version(name)
@@ -190,5 +184,39 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
 
 def history(name:str, limit:int=None) -> list[dict]:
     "The commits of table `name`, newest first."
-    if on_databricks(): return [r.asDict() for r in _spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
+    if on_databricks(): return [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
     return open_delta(name, check_files=False).history(limit)
+
+# %% ../nbs/03_lakehouse.ipynb #d2f57783
+def get_spark(app_name:str="mlops-nb"):
+    "The Spark session: the cluster's on Databricks, else a local one."
+    from pyspark.sql import SparkSession
+    if on_databricks(): return SparkSession.builder.getOrCreate()
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    spark = (SparkSession.builder.master(os.environ.get("MLOPS_NB_SPARK_MASTER", "local[*]")).appName(app_name)
+             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
+             # batches are bounded by rows above; Int.MaxValue bytes turns off Spark's size check after every row
+             .config("spark.sql.execution.arrow.maxBytesPerBatch", str(2**31 - 1))
+             .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
+             # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
+             .config("spark.driver.maxResultSize", "0")
+             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+def read_spark_table(name:str, version=None, spark=None):
+    "A Delta table at a version (latest when None) as a Spark DataFrame, and the version read: time travel on Databricks."
+    spark = spark or get_spark()
+    if on_databricks():
+        v = parse_version(version)
+        v = table_version(name) if v is None else v
+        return spark.read.option("versionAsOf", v).table(name), v
+    # Locally no Delta jar can be downloaded: Spark reads the snapshot's parquet files (see DESIGN.md).
+    dt = open_delta(name, version)  # a missing data file or a damaged log: one DataError line
+    if not dt.file_uris():  # an empty table has no data files, and Spark cannot infer a schema from none: give it the table's
+        from pyspark.sql.pandas.types import from_arrow_schema
+        return spark.createDataFrame([], from_arrow_schema(pa.schema(dt.schema().to_arrow()))), dt.version()
+    return spark.read.parquet(*dt.file_uris()), dt.version()

@@ -38,12 +38,12 @@ def get_run(client, run_id:str):
 
 def find_prediction(cfg, prediction_id:str) -> dict|None:
     "The row of the env's predictions table with `prediction_id` (JSON-able values), or None."
-    from mlops_nb.lakehouse import table_exists, open_delta, table_errors, _spark
+    from mlops_nb.lakehouse import table_exists, open_delta, table_errors, get_spark
     name = cfg.qualify(cfg.predictions_table)
     if not table_exists(name): return None
     if on_databricks():
         from pyspark.sql import functions as F
-        rows = _spark().table(name).filter(F.col("prediction_id") == prediction_id).limit(1).toPandas()
+        rows = get_spark().table(name).filter(F.col("prediction_id") == prediction_id).limit(1).toPandas()
     else:
         dt = open_delta(name)
         with table_errors(name, dt.version()): rows = dt.to_pandas(filters=[("prediction_id", "=", prediction_id)])

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_reproduce.ipynb #997d58cb
 from __future__ import annotations
-import contextlib, json, os, shutil, subprocess, sys, tempfile, time
+import contextlib, json, os, shutil, subprocess, tempfile, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np

@@ -4,54 +4,20 @@
 
 # %% ../nbs/09_scoring.ipynb #2e1ec768
 from __future__ import annotations
-import hashlib, os, sys, datetime as _dt
+import hashlib, datetime as _dt
 from dataclasses import dataclass
 import pyarrow as pa
 from .core import DataError, RegistryError
 from .config import EnvConfig, on_databricks
 from .context import RunContext
+from .lakehouse import get_spark, read_spark_table
 from .registry import champion_of
 
 # %% auto #0
-__all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'get_spark', 'read_spark_table', 'InputColumn', 'model_inputs', 'model_features',
-           'schema_problems', 'null_problems', 'check_input', 'prediction_id', 'lineage_columns', 'spark_arrow_batches',
-           'with_lineage', 'prediction_schema', 'batch_reader', 'ScoreResult', 'existing_prediction_ids',
-           'probability_udf', 'score_table']
-
-# %% ../nbs/09_scoring.ipynb #d2f57783
-def get_spark(app_name:str="mlops-nb"):
-    "The Spark session: the cluster's on Databricks, else a local one."
-    from pyspark.sql import SparkSession
-    if on_databricks(): return SparkSession.builder.getOrCreate()
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    spark = (SparkSession.builder.master(os.environ.get("MLOPS_NB_SPARK_MASTER", "local[*]")).appName(app_name)
-             .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
-             .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
-             # batches are bounded by rows above; Int.MaxValue bytes turns off Spark's size check after every row
-             .config("spark.sql.execution.arrow.maxBytesPerBatch", str(2**31 - 1))
-             .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
-             # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
-             .config("spark.driver.maxResultSize", "0")
-             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
-    spark.sparkContext.setLogLevel("ERROR")
-    return spark
-
-def read_spark_table(spark, name:str, version=None):
-    "A Delta table at a version as a Spark DataFrame, and the version read."
-    if on_databricks():
-        from mlops_nb.lakehouse import table_version, _version_arg
-        v = _version_arg(version)
-        v = table_version(name) if v is None else v
-        return spark.read.option("versionAsOf", v).table(name), v
-    # Locally no Delta jar can be downloaded: Spark reads the snapshot's parquet files (see DESIGN.md).
-    from mlops_nb.lakehouse import open_delta
-    dt = open_delta(name, version)  # a missing data file or a damaged log: one DataError line
-    if not dt.file_uris():  # an empty table has no data files, and Spark cannot infer a schema from none: give it the table's
-        from pyspark.sql.pandas.types import from_arrow_schema
-        return spark.createDataFrame([], from_arrow_schema(pa.schema(dt.schema().to_arrow()))), dt.version()
-    return spark.read.parquet(*dt.file_uris()), dt.version()
+__all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'InputColumn', 'model_inputs', 'model_features', 'schema_problems', 'null_problems',
+           'check_input', 'prediction_id', 'lineage_columns', 'spark_arrow_batches', 'with_lineage',
+           'prediction_schema', 'batch_reader', 'ScoreResult', 'existing_prediction_ids', 'probability_udf',
+           'score_table']
 
 # %% ../nbs/09_scoring.ipynb #f8bcd2b6
 @dataclass
@@ -313,7 +279,7 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     sig = mlflow.models.get_model_info(uri).signature  # read once: the inputs and the UDF's result type
     inputs = model_inputs(uri, sig)
     spark = get_spark()
-    sdf, v = read_spark_table(spark, table, version)
+    sdf, v = read_spark_table(table, version, spark)
     arrow = None if on_databricks() else open_delta(table, v).to_pyarrow_dataset()  # the snapshot Spark reads
     check_input(sdf, inputs, f"table {table}@{v}", f"model {name} version {mv.version}", arrow)
     keys = [k for k in cfg.keys if k in sdf.columns]

@@ -140,7 +140,7 @@ def test_null_counts_agree_between_spark_and_the_arrow_snapshot(champ):
     write_table(t, "dev.mlops_nb.nulls_batch", mode="overwrite")
     inputs = [InputColumn("a", "double", True), InputColumn("b", "string", True), InputColumn("c", "long", True),
               InputColumn("d", "double", True), InputColumn("e", "double", False), InputColumn("f", "double", True)]
-    sdf, v = read_spark_table(get_spark(), "dev.mlops_nb.nulls_batch")
+    sdf, v = read_spark_table("dev.mlops_nb.nulls_batch")
     on_spark = null_problems(sdf, inputs)
     on_arrow = null_problems(sdf, inputs, open_delta("dev.mlops_nb.nulls_batch", v).to_pyarrow_dataset())
     assert on_spark == on_arrow
