@@ -140,7 +140,8 @@ def test_serve_fails_before_starting_with_one_clear_line(tmp_path, server):
     assert r.returncode == 1 and "has no champion" in r.stderr and "Traceback" not in r.stderr, str(r)
     (tmp_path/"bad.toml").write_text("[dev]\nserve_max_batch_rows = 0\n")
     r = run_cli(server["home"], "serve", "--port", free_port(), env={"MLOPS_NB_CONFIG": str(tmp_path/"bad.toml")}, timeout=120)
-    assert r.returncode == 2 and "serve_max_batch_rows >= 1, found 0" in r.stderr and "Traceback" not in r.stderr, str(r)
+    assert r.returncode == 2 and "serve_max_batch_rows ([dev] of " in r.stderr and "expected a whole number, 1 or more, found 0" in r.stderr, str(r)
+    assert "Traceback" not in r.stderr, str(r)
 
 
 def test_reload_picks_up_a_new_champion_and_shutdown_flushes_the_log(server):
