@@ -115,7 +115,7 @@ def add_deploy_commands(sub):
     d.add_argument("--dry-run", action="store_true", help="print the planned calls, change nothing")
     d.add_argument("--profile", default=None, help="a ~/.databrickscfg profile instead of DATABRICKS_HOST/DATABRICKS_TOKEN")
     d.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
-    d.add_argument("--retry-timeout", type=int, default=300, metavar="SECONDS", help="how long to retry 429s, 503s and unreachable hosts")
+    d.add_argument("--retry-timeout", type=int, default=300, metavar="SECONDS", help="how long to retry 429s, 503s, timeouts and dropped connections (a refused connection fails at once)")
     d.add_argument("--run-timeout", type=float, default=120, metavar="MINUTES", help="how long --run waits")
     json_flag(d, "print a JSON summary on stdout (progress on stderr)")
 

@@ -10,9 +10,10 @@ from pathlib import Path
 from .core import ConfigError, MlopsNbError, env_vars
 
 # %% auto #0
-__all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'load_config', 'tracking_uri',
-           'registry_uri', 'artifact_root', 'configure_mlflow', 'redact_uri', 'describe_env', 'store_description',
-           'require_store', 'command_line', 'lock_holder', 'env_lock']
+__all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'setting_problem', 'check_settings',
+           'load_config', 'tracking_uri', 'registry_uri', 'artifact_root', 'configure_mlflow', 'redact_uri',
+           'describe_env', 'store_description', 'require_store', 'command_line', 'lock_holder', 'env_lock',
+           'ServiceError', 'check_tracking_server']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -120,6 +121,53 @@ class EnvConfig:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
+# %% ../nbs/01_config.ipynb #23271f72
+import math
+_RANGES = {  # setting: (test, what a valid value is), beyond its type
+    **{k: (lambda v: 0 <= v <= 1, "a number from 0 to 1") for k in ("min_auc", "decision_threshold", "promote_win_rate", "baseline_auc")},
+    "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    **{k: (lambda v: v >= 1, "a whole number, 1 or more") for k in ("n_boot", "serve_max_body_bytes", "serve_max_batch_rows", "serve_log_batch_rows")},
+    **{k: (lambda v: v >= 0, "a whole number, 0 or more") for k in ("seed", "num_workers")},
+    **{k: (lambda v: v.strip() != "", "a non-empty string") for k in ("schema", "model", "training_table", "scoring_table",
+       "predictions_table", "label", "inference_log_table", "model_type", "spark_version", "node_type_id", "timezone")},
+    "keys": (lambda v: len(v) > 0, "a non-empty list of column names"),
+    "slice_floors": (lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v.values()),
+                     "a table of column = number from 0 to 1"),
+}
+_TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "true or false"),
+          "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
+          "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
+          "list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
+          "dict": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table (name = value)")}
+
+def setting_problem(name:str, value) -> str:
+    "What is wrong with `value` for the setting `name` ('' when nothing): its `EnvConfig` type, then its range."
+    f = next(f for f in dataclasses.fields(EnvConfig) if f.name == name)
+    ok, want = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
+    rule = _RANGES.get(name)
+    if not ok(value) or (rule is not None and not rule[0](value)):
+        return f"expected {rule[1] if rule else want}, found {value!r}" + ("" if ok(value) else f" ({type(value).__name__})")
+    return ""
+
+def _setting_origin(env:str, name:str, overrides:dict) -> str:
+    "Where the value of setting `name` came from, for an error message."
+    if name in overrides: return "a load_config argument"
+    path = os.environ.get("MLOPS_NB_CONFIG", "")
+    table = env if name in tomllib.loads(Path(path).read_text()).get(env, {}) else "all"
+    return f"[{table}] of {path}"
+
+def check_settings(env:str, values:dict, overrides:dict=None) -> dict:
+    "`values` (floats as floats) when every setting fits its type and range, else one `ConfigError` listing every problem."
+    overrides = overrides or {}
+    bad = {k: p for k, v in values.items() if (p := setting_problem(k, v))}
+    if bad:
+        raise ConfigError(f"{len(bad)} bad setting(s) for env {env}: "
+                          + "; ".join(f"{k} ({_setting_origin(env, k, overrides)}): {p}" for k, p in bad.items())
+                          + "; fix " + ("the file named by MLOPS_NB_CONFIG" if set(bad) - set(overrides) else "the arguments"))
+    types = {f.name: f.type for f in dataclasses.fields(EnvConfig)}
+    return {k: float(v) if types[k] in ("float", float) else v for k, v in values.items()}
+
 # %% ../nbs/01_config.ipynb #6dcf200d
 _ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "require_approval": True, "num_workers": 2, "schedule_paused": False}}
 
@@ -146,7 +194,7 @@ def load_config(env:str="dev", # dev, staging or prod
     unknown = set(values) - names
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(sorted(unknown))} for env {env}; expected some of {', '.join(sorted(names))}")
-    return EnvConfig(env=env, **values)
+    return EnvConfig(env=env, **check_settings(env, values, overrides))
 
 # %% ../nbs/01_config.ipynb #7261d11f
 def tracking_uri() -> str:
@@ -171,7 +219,7 @@ def configure_mlflow(cfg:EnvConfig) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow.store.db.utils", "alembic"): logging.getLogger(name).setLevel(logging.WARNING)
     import mlflow
-    uri = tracking_uri()
+    uri = check_tracking_server(tracking_uri())   # a dead server fails here, in seconds, not after MLflow's retries
     if uri.startswith("sqlite:"): mlops_home().mkdir(parents=True, exist_ok=True)
     # mlflow's setters also write MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI into os.environ, where tracking_uri()
     # would later take them for the user's own setting; put the environment back as it was.
@@ -257,3 +305,28 @@ def env_lock(env:str):
         finally:
             f.truncate(0); f.flush()
             fcntl.flock(f, fcntl.LOCK_UN)
+
+# %% ../nbs/01_config.ipynb #412e02d9
+class ServiceError(MlopsNbError):
+    "A service the command needs (the MLflow tracking server, ...) that does not answer."
+
+def check_tracking_server(uri:str=None,      # default: the tracking URI in force
+                          timeout:float=None, # seconds; default $MLFLOW_HTTP_REQUEST_TIMEOUT, else 5
+                         ) -> str:
+    "`uri` when it is not http(s) or a server answers there, else a `ServiceError` naming it."
+    import socket, urllib.error, urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+    uri = uri or tracking_uri()
+    if not uri.lower().startswith(("http://", "https://")): return uri
+    timeout = timeout or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 5)
+    p = urlsplit(uri)
+    netloc = (f"[{p.hostname}]" if ":" in (p.hostname or "") else (p.hostname or "")) + (f":{p.port}" if p.port else "")
+    url = urlunsplit(p._replace(netloc=netloc, path=p.path.rstrip("/") + "/health", query="", fragment=""))
+    try: urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError: pass   # it answered (401, 404, ...): a server is there
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        why = getattr(e, "reason", e)
+        why = f"no answer within {timeout:g} s" if isinstance(why, (socket.timeout, TimeoutError)) else f"{type(why).__name__}: {why}"
+        raise ServiceError(f"MLflow tracking server {redact_uri(uri)} (MLFLOW_TRACKING_URI) is not answering ({why}); "
+                           "start it, fix MLFLOW_TRACKING_URI, or unset it to use the local store") from None
+    return uri

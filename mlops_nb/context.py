@@ -11,8 +11,8 @@ from .core import ParameterError, as_param, new_job_run_id, parse_bool
 from .config import ENVS, on_databricks
 
 # %% auto #0
-__all__ = ['get_dbutils', 'widget_value', 'resolve_param', 'resolve_params', 'git_info', 'pipelines_dir', 'repo_root',
-           'commit_in_repo', 'RunContext', 'resolve_context']
+__all__ = ['STEP_PARAMS', 'get_dbutils', 'widget_value', 'resolve_param', 'param_problem', 'check_step_params', 'resolve_params',
+           'git_info', 'pipelines_dir', 'repo_root', 'commit_in_repo', 'RunContext', 'resolve_context']
 
 # %% ../nbs/02_context.ipynb #ce2aa0c2
 def get_dbutils():
@@ -53,13 +53,59 @@ def resolve_param(name:str,          # the parameter's name, also the widget's n
     if default is not None: return as_param(default), "default"
     return "", "missing"
 
+# %% ../nbs/02_context.ipynb #638b2476
+def _whole(s:str, least:int) -> bool:
+    try: return int(s) >= least
+    except ValueError: return False
+
+def _table_name(s:str) -> bool:
+    parts = s.split(".")
+    return len(parts) in (1, 3) and all(p.strip() and "/" not in p and p not in (".", "..") for p in parts)
+
+def _model_types() -> tuple:
+    from mlops_nb.training import MODEL_TYPES
+    return tuple(MODEL_TYPES)
+
+_PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
+    "count": (lambda s: _whole(s, 1), lambda: "a whole number, 1 or more"),
+    "version": (lambda s: _whole(s, 0), lambda: "a table version: a whole number, 0 or more, or nothing for the latest"),
+    "flag": (lambda s: s.strip().lower() in ("true", "false", "1", "0", "yes", "no", "y", "n"), lambda: "true or false"),
+    "table": (_table_name, lambda: "a table name: name or catalog.schema.name"),
+    "name": (lambda s: s.strip() != "", lambda: "a column name"),
+    "names": (lambda s: all(n.strip() for n in s.split(",")), lambda: "column names separated by commas"),
+    "model_type": (lambda s: s in _model_types(), lambda: f"one of {', '.join(_model_types())}"),
+}
+
+STEP_PARAMS = {  # every parameter of the pipeline notebooks beyond the run context: its kind
+    "model_type": "model_type", "register": "flag", "n_boot": "count",
+    "training_table": "table", "scoring_table": "table", "predictions_table": "table",
+    "training_version": "version", "scoring_version": "version",
+    "label": "name", "keys": "names", "features": "names",
+}
+
+def param_problem(name:str, value, source:str="") -> str:
+    "What is wrong with the value of step parameter `name` ('' when nothing, or when `name` is not declared)."
+    v = as_param(value)
+    if v == "" or name not in STEP_PARAMS: return ""
+    ok, want = _PARAM_KINDS[STEP_PARAMS[name]]
+    return "" if ok(v) else f"{name}: expected {want()}, found {v!r}" + (f" (from {source})" if source else "")
+
+def check_step_params(values:dict,       # {name: value} of step parameters
+                      sources:dict=None, # {name: where it came from}, for the message
+                     ) -> dict:
+    "`values` when each fits its `STEP_PARAMS` kind, else one `ParameterError` listing every problem."
+    problems = [p for k, v in values.items() if (p := param_problem(k, v, (sources or {}).get(k, "")))]
+    if problems: raise ParameterError("; ".join(problems))
+    return values
+
 # %% ../nbs/02_context.ipynb #428ce16e
 def resolve_params(dbutils=None, # dbutils to read widgets from; default: the notebook's own
                    **values,     # name=value as the notebook's parameters cell holds them
                   ) -> dict:
-    "The values of a step's parameters, each resolved by `resolve_param`."
+    "The values of a step's parameters, each resolved by `resolve_param` and checked by `check_step_params`."
     dbutils = dbutils if dbutils is not None else get_dbutils()
-    return {k: resolve_param(k, v, dbutils=dbutils)[0] for k, v in values.items()}
+    resolved = {k: resolve_param(k, v, dbutils=dbutils) for k, v in values.items()}
+    return check_step_params({k: v for k, (v, _) in resolved.items()}, {k: s for k, (_, s) in resolved.items()})
 
 # %% ../nbs/02_context.ipynb #9df06e21
 def git_info(cwd=None, # a folder inside the git work tree; default: the current one

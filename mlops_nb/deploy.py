@@ -176,7 +176,7 @@ def _redact(text:str, secret=None) -> str:
 
 # %% ../nbs/15_deploy.ipynb #bb8e9fb6
 def workspace_client(profile=None,               # a profile of ~/.databrickscfg; default: DATABRICKS_HOST and DATABRICKS_TOKEN
-                     retry_timeout_seconds=300,  # how long the SDK retries unreachable hosts, 429s and 503s
+                     retry_timeout_seconds=300,  # how long the SDK retries 429s, 503s, timeouts and dropped connections
                     ):
     "A databricks-sdk `WorkspaceClient` for the workspace to deploy to."
     from databricks.sdk import WorkspaceClient
@@ -191,10 +191,48 @@ def workspace_client(profile=None,               # a profile of ~/.databrickscfg
                                             "set it (in CI: a secret variable mapped into env:) or pass --profile")
         kw.update(host=host, token=token, auth_type="pat")
     try:
-        with _quiet_sdk(): return WorkspaceClient(config=Config(**kw))
+        with _quiet_sdk(), _recoverable_retries(): return _retry_only_recoverable(WorkspaceClient(config=Config(**kw)))
     except ValueError as e:
         raise DeploymentError(f"cannot configure the Databricks client: {_redact(str(e).splitlines()[0], kw.get('token'))}; "
                               "check DATABRICKS_HOST and DATABRICKS_TOKEN or the profile") from e
+
+# %% ../nbs/15_deploy.ipynb #631b9e5f
+def _cannot_connect(err:BaseException) -> bool:
+    "True when `err` (or what it wraps) is a connection that could not be made at all: refused, unknown host, no route."
+    from urllib3.exceptions import NewConnectionError
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen: continue
+        seen.add(id(e))
+        if isinstance(e, (NewConnectionError, ConnectionRefusedError)): return True
+        todo += [getattr(e, "reason", None), getattr(e, "original_error", None), e.__cause__, e.__context__,
+                 *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))]
+    return False
+
+_SDK_RULE = []  # databricks-sdk's own `_BaseClient._is_retryable`, while `_recoverable_retries` has replaced it
+
+def _recoverable(err:BaseException):
+    "databricks-sdk's retry rule (a reason to retry, or None), except that a connection that cannot be made is not retried."
+    import requests
+    from databricks.sdk._base_client import _BaseClient
+    if isinstance(err, requests.ConnectionError) and not isinstance(err, requests.Timeout) and _cannot_connect(err): return None
+    return (_SDK_RULE[-1] if _SDK_RULE else _BaseClient._is_retryable)(err)
+
+@contextlib.contextmanager
+def _recoverable_retries():
+    "Inside: every databricks-sdk HTTP client retries by `_recoverable` (`Config()` probes the host with a client of its own)."
+    from databricks.sdk._base_client import _BaseClient
+    sdk = _BaseClient.__dict__["_is_retryable"]
+    _SDK_RULE.append(sdk.__func__ if isinstance(sdk, staticmethod) else sdk)
+    _BaseClient._is_retryable = staticmethod(_recoverable)
+    try: yield
+    finally: _BaseClient._is_retryable = sdk; _SDK_RULE.pop()
+
+def _retry_only_recoverable(w):
+    "`w` (a `WorkspaceClient`) with `_recoverable` as the retry rule of its HTTP client, for every later call."
+    w.api_client._api_client._is_retryable = _recoverable   # read by `_BaseClient.do` on every call
+    return w
 
 # %% ../nbs/15_deploy.ipynb #9057a7a9
 _HINTS = {"PermissionDenied": "the token's identity lacks permission: give it CAN MANAGE on the Git folder and the jobs, or use the CI service principal",
@@ -215,6 +253,10 @@ def _call(what:str, fn, *args, **kwargs):
         code = f" {e.error_code}" if getattr(e, "error_code", None) else ""
         raise DeploymentError(_redact(f"{what} failed: {kind}{code}: {str(e).strip().rstrip('.')}; {hint}")) from e
     except (requests.RequestException, TimeoutError) as e:
+        if _cannot_connect(e):
+            host = os.environ.get("DATABRICKS_HOST", "") or "the profile's host"
+            raise DeploymentError(_redact(f"{what} failed: could not connect to {host} ({type(e).__name__}: {e}); "
+                                          "check DATABRICKS_HOST and the network (a refused connection is not retried)")) from e
         raise DeploymentError(_redact(f"{what} failed: {type(e).__name__}: {e}; check DATABRICKS_HOST and the network, or raise --retry-timeout")) from e
 
 # %% ../nbs/15_deploy.ipynb #684638d9

@@ -57,13 +57,19 @@ def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     "The parameters for each step {step: {name: value}}; errors for unknown names, bad values, missing tables."
     from mlops_nb.training import check_model_type
     from mlops_nb.lakehouse import open_delta, table_exists
+    from mlops_nb.config import check_tracking_server
+    check_tracking_server()   # a dead MLflow server (MLFLOW_TRACKING_URI) fails here, in seconds, before any step
     declared = {s: step_parameters(s) for s in steps}
     unknown = [k for k in params if not any(k in d for d in declared.values())]
     if unknown:
         known = sorted({k for d in declared.values() for k in d} - set(CONTEXT_PARAMS))
         raise ParameterError(f"--param {', '.join(unknown)}: not a parameter of step(s) {','.join(steps)}; "
                              f"expected some of {', '.join(known)}")
-    if params.get("model_type"): check_model_type(params["model_type"])
+    # Each value a step would resolve (--param, else MLOPS_NB_<NAME>), checked by its STEP_PARAMS kind, as the notebook will.
+    from mlops_nb.context import check_step_params, resolve_param
+    given = {k: resolve_param(k, params.get(k, "")) for k in sorted({k for d in declared.values() for k in d} - set(CONTEXT_PARAMS))}
+    check_step_params({k: v for k, (v, _) in given.items()}, {k: "--param" if s == "papermill" else s for k, (_, s) in given.items()})
+    if "train" in steps: check_model_type(given.get("model_type", ("", ""))[0] or cfg.model_type)
     def tbl(key, default): return cfg.qualify(params.get(key) or default)
     reads = {s: tbl("training_table", cfg.training_table) for s in ("explore", "train") if s in steps}
     if "score" in steps: reads["score"] = tbl("scoring_table", cfg.scoring_table)

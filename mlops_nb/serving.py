@@ -54,9 +54,9 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict)
 
 # %% ../nbs/14_serving.ipynb #3079acf3
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf")
 def _is_whole(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-_VALUE_CHECKS = {"double": (_is_number, "a number"), "float": (_is_number, "a number"), "long": (_is_whole, "a whole number"),
+_VALUE_CHECKS = {"double": (_is_number, "a finite number"), "float": (_is_number, "a finite number"), "long": (_is_whole, "a whole number"),
                  "integer": (_is_whole, "a whole number"), "string": (lambda v: isinstance(v, str), "a string"),
                  "boolean": (lambda v: isinstance(v, bool), "true or false")}
 
@@ -72,9 +72,10 @@ def record_errors(body,        # the parsed JSON body
             errs.append({"loc": ["body", i], "msg": f"expected an object, found {type(rec).__name__}", "type": "dict_type"}); continue
         for c in inputs:
             v = rec.get(c.name)
-            if v is None:
+            nan = isinstance(v, float) and v != v   # a `NaN` literal: missing, as batch scoring counts it
+            if v is None or nan:
                 if c.required:
-                    what = "is missing" if c.name not in rec else "is null"
+                    what = "is missing" if c.name not in rec else ("is NaN" if nan else "is null")
                     errs.append({"loc": ["body", i, c.name], "msg": f"field {what}; the model requires a {c.type}", "type": "missing"})
                 continue
             ok, want = _VALUE_CHECKS.get(c.type, (lambda v: True, c.type))
@@ -178,6 +179,7 @@ async def _read_body(request, limit:int) -> bytes|None:
 
 class _GuardAndLog:
     "ASGI middleware: the bearer token check (401), an `X-Request-ID` on every response, and its inference log record."
+    open_paths = ("/health",)   # liveness probes carry no token; every other path needs it when one is set
     def __init__(self, app, token:str=""): self.app, self.token = app, token
 
     async def __call__(self, scope, receive, send):
@@ -192,7 +194,7 @@ class _GuardAndLog:
             await send(message)
         try:
             auth = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
-            if self.token and not _bearer_ok(auth, self.token):
+            if self.token and scope["path"] not in self.open_paths and not _bearer_ok(auth, self.token):
                 await JSONResponse({"detail": "missing or wrong bearer token"}, 401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send_with_id)
             else: await self.app(scope, receive, send_with_id)
         finally:

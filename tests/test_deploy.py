@@ -207,6 +207,52 @@ def test_unreachable_host_gives_up_within_the_retry_timeout(env, capsys, monkeyp
     assert time.time() - t < 30
 
 
+def test_503_then_success_is_retried(env, capsys):
+    f = env.inject(503, "GET", r"/repos$", retry_after=0, message="Service unavailable")
+    rc, out, err = deploy(capsys, "--env", "staging", "--dry-run", "--json")
+    assert rc == 0, err
+    assert f.times == 0 and [c[1] for c in env.calls].count("/api/2.0/repos") == 2 and env.mutating_calls() == []
+
+
+def test_refused_connection_is_not_retried(env, capsys, monkeypatch):
+    "A host that refuses the connection fails the dry run at once (the default 300 s retry timeout is not spent), naming the host."
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0)); port = sock.getsockname()[1]   # closed again: nothing listens there
+    monkeypatch.setenv("DATABRICKS_HOST", f"http://127.0.0.1:{port}")
+    t = time.time()
+    rc = main(["deploy", "--env", "staging", "--dry-run"])   # default --retry-timeout 300
+    err = capsys.readouterr().err
+    assert rc == 1 and time.time() - t < 20, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and f"could not connect to http://127.0.0.1:{port}" in lines[0] and "Connection refused" in lines[0], err
+    assert "not retried" in lines[0] and TOKEN not in err
+    assert env.calls == []
+
+
+def test_a_host_that_never_answers_is_retried_until_the_retry_timeout(env, capsys, monkeypatch):
+    "Timeouts can recover: a host that accepts connections and never answers is tried again until --retry-timeout."
+    import threading
+    accepted, stop = [], threading.Event()
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(16); srv.settimeout(0.2)
+    def accept():
+        while not stop.is_set():
+            try: accepted.append(srv.accept()[0])   # held open, never answered
+            except OSError: pass
+    th = threading.Thread(target=accept, daemon=True); th.start()
+    monkeypatch.setenv("DATABRICKS_HOST", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        t = time.time()
+        rc = main(["deploy", "--env", "staging", "--dry-run", "--retry-timeout", "4"])   # 4 s per request, 4 s of retries
+        took, err = time.time() - t, capsys.readouterr().err
+    finally:
+        stop.set(); th.join(5)
+        for c in accepted: c.close()
+        srv.close()
+    assert rc == 1 and "raise --retry-timeout" in err and "Timed out" in err, err
+    assert len(accepted) >= 2, accepted   # the timed-out request was sent again
+    assert 4 <= took < 30
+
+
 # -- bad input: a clear message before any API call -------------------------------------------------------
 
 BAD = {

@@ -34,12 +34,19 @@ BAD_USAGE = [  # (id, args, words the error line must contain)
     ("context-param", ["--param", "run_id=abc"], ["run_id", "set by the runner"]),
     ("unknown-model-type", ["--param", "model_type=xgb"], ["model_type", "'xgb'", "logreg, hgb, dummy"]),
     ("bad-table-version", ["--param", "training_version=latest"], ["version", "'latest'"]),
+    ("negative-n-boot", ["--param", "n_boot=-1"], ["n_boot", "a whole number, 1 or more", "'-1'", "--param"]),
+    ("word-n-boot", ["--param", "n_boot=abc"], ["n_boot", "a whole number, 1 or more", "'abc'"]),
+    ("bad-register", ["--steps", "train", "--param", "register=maybe"], ["register", "true or false", "'maybe'"]),
+    ("negative-scoring-version", ["--param", "scoring_version=-2"], ["scoring_version", "0 or more", "'-2'"]),
+    ("two-part-table", ["--param", "predictions_table=a.b"], ["predictions_table", "catalog.schema.name", "'a.b'"]),
+    ("every-bad-param", ["--param", "n_boot=0", "--param", "register=maybe"], ["n_boot", "'0'", "register", "'maybe'"]),
 ]
 
 
 @pytest.mark.parametrize("case, args, words", BAD_USAGE, ids=[c[0] for c in BAD_USAGE])
 def test_bad_usage_exits_2(seeded_home, case, args, words):
     runs_before = sorted((seeded_home.path/"runs").glob("*")) if (seeded_home.path/"runs").exists() else []
+    mlflow_before = [x.info.run_id for x in mlflow_runs(seeded_home)]
     r = seeded_home.cli("run", "--json", *args)
     assert r.returncode == 2, str(r)
     line = assert_one_error_line(r, only_line=case != "unknown-env")  # argparse also prints its usage
@@ -48,6 +55,81 @@ def test_bad_usage_exits_2(seeded_home, case, args, words):
     runs_after = sorted((seeded_home.path/"runs").glob("*")) if (seeded_home.path/"runs").exists() else []
     assert runs_after == runs_before  # no job run folder either
     assert_nothing_written(seeded_home)
+    assert [x.info.run_id for x in mlflow_runs(seeded_home)] == mlflow_before  # and no MLflow run
+
+
+def mlflow_runs(home) -> list:
+    "Every MLflow run in the home (none when MLflow was never used)."
+    if not home.db.is_file(): return []
+    c = home.client()
+    return [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])]
+
+
+def job_run_folders(home) -> list:
+    return sorted((home.path/"runs").glob("*")) if (home.path/"runs").exists() else []
+
+
+def test_bad_settings_fail_when_the_config_loads(seeded_home, tmp_path):
+    "A setting of the wrong type or out of range: exit 2 before any step, every problem in one line naming the file."
+    cfg = tmp_path/"bad.toml"
+    cfg.write_text('[all]\nn_boot = 0\n[dev]\nmin_auc = "high"\nrequire_approval = "yes"\nholdout_fraction = 0.2\n')
+    runs, folders = mlflow_runs(seeded_home), job_run_folders(seeded_home)
+    r = seeded_home.cli("run", "--json", "--steps", "train,evaluate", env={"MLOPS_NB_CONFIG": cfg})
+    assert r.returncode == 2, str(r)
+    line = assert_one_error_line(r)
+    assert "3 bad setting(s) for env dev" in line, line
+    assert f"n_boot ([all] of {cfg}): expected a whole number, 1 or more, found 0" in line, line
+    assert f"min_auc ([dev] of {cfg}): expected a number from 0 to 1, found 'high' (str)" in line, line
+    assert f"require_approval ([dev] of {cfg}): expected true or false, found 'yes' (str)" in line, line
+    assert r.stdout == ""
+    assert_nothing_written(seeded_home)
+    assert [x.info.run_id for x in mlflow_runs(seeded_home)] == [x.info.run_id for x in runs]   # no MLflow run
+    assert job_run_folders(seeded_home) == folders                                             # no runs/ folder
+    r = seeded_home.cli("env", env={"MLOPS_NB_CONFIG": cfg})   # every command that loads the config says the same
+    assert r.returncode == 2 and "min_auc ([dev] of" in assert_one_error_line(r, command="env"), str(r)
+
+
+def test_bad_step_parameter_from_the_environment_is_checked_up_front(seeded_home):
+    "MLOPS_NB_N_BOOT reaches the evaluate kernel like --param does: checked before any step, nothing written."
+    runs, folders = mlflow_runs(seeded_home), job_run_folders(seeded_home)
+    r = seeded_home.cli("run", "--json", "--steps", "train,evaluate", env={"MLOPS_NB_N_BOOT": "abc"})
+    assert r.returncode == 2, str(r)
+    line = assert_one_error_line(r)
+    assert "n_boot: expected a whole number, 1 or more, found 'abc' (from env:MLOPS_NB_N_BOOT)" in line, line
+    assert_nothing_written(seeded_home)
+    assert [x.info.run_id for x in mlflow_runs(seeded_home)] == [x.info.run_id for x in runs]
+    assert job_run_folders(seeded_home) == folders
+
+
+@pytest.fixture
+def dead_tracking_server():
+    "Two loopback MLflow tracking URIs where nothing answers: one refuses connections, one accepts them and never answers."
+    import socket
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0)); refused = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0)); silent.listen(16)   # the kernel completes the handshake; nobody ever reads
+        yield {"refused": refused, "silent": f"http://127.0.0.1:{silent.getsockname()[1]}"}
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_dead_tracking_server_fails_in_seconds_naming_it(seeded_home, dead_tracking_server, kind):
+    "MLFLOW_TRACKING_URI at a dead server: run fails before any step within seconds (not MLflow's minutes of retries), naming the URI."
+    import time
+    uri = dead_tracking_server[kind]
+    folders = job_run_folders(seeded_home)
+    t = time.monotonic()
+    r = seeded_home.cli("run", "--json", "--steps", "train,evaluate", env={"MLFLOW_TRACKING_URI": uri}, timeout=120)
+    took = time.monotonic() - t
+    assert r.returncode == 1, str(r)
+    line = assert_one_error_line(r)
+    assert f"MLflow tracking server {uri} (MLFLOW_TRACKING_URI) is not answering" in line, line
+    assert ("Connection refused" if kind == "refused" else "no answer within 5 s") in line, line
+    assert took < 40, took   # the CLI's own start-up plus a 5 s check
+    assert job_run_folders(seeded_home) == folders and r.stdout == ""
+    assert_nothing_written(seeded_home)
+    r = seeded_home.cli("trace", "models:/dev.mlops_nb.demo_model/1", env={"MLFLOW_TRACKING_URI": uri}, timeout=120)  # any command on MLflow
+    assert r.returncode == 1 and uri in assert_one_error_line(r, command="trace"), str(r)
 
 
 def test_missing_table_exits_1(home):

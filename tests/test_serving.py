@@ -1,6 +1,6 @@
 """Online serving: the real `mlops-nb serve` (uvicorn) on a loopback port, talked to over HTTP."""
 from __future__ import annotations
-import os, signal, socket, subprocess, sys, time
+import json, os, signal, socket, subprocess, sys, time
 from pathlib import Path
 import httpx, pytest
 from scoring_helpers import CONTEXT, home_environ, make_champion
@@ -34,7 +34,7 @@ def server(tmp_path_factory):
     while True:
         try:
             answered += 1
-            if httpx.get(f"{url}/health", timeout=2).status_code == 401: break
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200: break   # open without the token
         except httpx.TransportError: answered -= 1
         if proc.poll() is not None or time.monotonic() > deadline:
             log.seek(0); proc.kill()
@@ -80,6 +80,34 @@ def test_token_is_required_and_never_logged(server):
         r = httpx.post(f"{server['url']}/predict", json=[RECORD], headers=headers, timeout=30)
         assert r.status_code == 401, headers
     assert httpx.get(f"{server['url']}/version", timeout=30).status_code == 401
+    assert httpx.post(f"{server['url']}/reload", timeout=30).status_code == 401
+
+
+def test_health_is_open_for_liveness_probes(server):
+    "With a token set, GET /health answers without it; the other paths still refuse."
+    r = httpx.get(f"{server['url']}/health", timeout=30)
+    assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+    assert r.json()["model_version"] == server["first"].version
+
+
+def test_nan_in_a_required_field_is_rejected_like_a_null(server):
+    "A NaN literal (which Python's JSON parser accepts) in a required field gets the 422 a null gets; the model is not called."
+    c = server["client"]
+    calls = c.get("/health").json()["micro_batching"]["model_calls"]
+    body = json.dumps([RECORD])   # Python's json writes NaN and Infinity as bare literals
+    nan_body = json.dumps([{**RECORD, "age": float("nan"), "visits": float("inf")}])
+    assert '"age": NaN' in nan_body and '"visits": Infinity' in nan_body
+    assert nan_body != body
+    r = c.post("/predict", content=nan_body.encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert [(e["loc"], e["type"]) for e in detail] == [(["body", 0, "age"], "missing"), (["body", 0, "visits"], "double_type")], detail
+    assert detail[0]["msg"] == "field is NaN; the model requires a double" and "finite" in detail[1]["msg"]
+    null = c.post("/predict", json=[{**RECORD, "age": None}])
+    assert null.status_code == 422 and null.json()["detail"][0]["loc"] == ["body", 0, "age"]
+    assert c.get("/health").json()["micro_batching"]["model_calls"] == calls   # neither reached the model
+    ok = c.post("/predict", content=json.dumps([{**RECORD, "income": float("nan")}]).encode(), headers={"content-type": "application/json"})
+    assert ok.status_code == 200, ok.text   # an optional field that is NaN is missing, as in batch scoring
 
 
 def test_concurrent_requests_share_model_calls_and_keep_their_own_answers(server):
@@ -112,7 +140,8 @@ def test_serve_fails_before_starting_with_one_clear_line(tmp_path, server):
     assert r.returncode == 1 and "has no champion" in r.stderr and "Traceback" not in r.stderr, str(r)
     (tmp_path/"bad.toml").write_text("[dev]\nserve_max_batch_rows = 0\n")
     r = run_cli(server["home"], "serve", "--port", free_port(), env={"MLOPS_NB_CONFIG": str(tmp_path/"bad.toml")}, timeout=120)
-    assert r.returncode == 2 and "serve_max_batch_rows >= 1, found 0" in r.stderr and "Traceback" not in r.stderr, str(r)
+    assert r.returncode == 2 and "serve_max_batch_rows ([dev] of " in r.stderr and "expected a whole number, 1 or more, found 0" in r.stderr, str(r)
+    assert "Traceback" not in r.stderr, str(r)
 
 
 def test_reload_picks_up_a_new_champion_and_shutdown_flushes_the_log(server):
@@ -129,9 +158,9 @@ def test_reload_picks_up_a_new_champion_and_shutdown_flushes_the_log(server):
     server["log"].seek(0)
     out = server["log"].read()
     ok = log[(log.path == "/predict") & (log.status == 200)]
-    assert ok.model_version.value_counts().to_dict() == {server["first"].version: 49, second.version: 1}
+    assert ok.model_version.value_counts().to_dict() == {server["first"].version: 50, second.version: 1}
     assert ok.prediction_ids.map(len).tolist() and set(log.status) >= {200, 401, 413, 422}
     assert (log.latency_ms > 0).all() and log.request_id.is_unique
-    # every response is there: the start-up polls, then 3 + 4 + 4 + 50 + 2 of the tests
-    assert len(log) == server["answered"] + 63, log[["path", "status"]]
+    # every response is there: the start-up polls, then 3 + 4 + 5 + 1 + 5 + 50 + 2 of the tests
+    assert len(log) == server["answered"] + 70, log[["path", "status"]]
     assert TOKEN not in log.to_json() and TOKEN not in out
