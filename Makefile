@@ -68,8 +68,9 @@ test-nbval: venv $(TEST_HOME)/.seeded
 
 # pytest-xdist: each test module runs in one worker (its module fixtures are built once), modules in parallel.
 PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 test-pytest: venv
-	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests --junitxml=test-results.xml
+	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests --junitxml=test-results.xml $(PYTEST_ARGS)
 
 # check-sync first (it runs nbdev_export), then the three suites at once; each prints its output when it is done,
 # and all three run to the end even when one fails.
