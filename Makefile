@@ -40,31 +40,43 @@ check-sync: venv
 	  diff <(echo "$$before") <(echo "$$after") | grep '^[<>]' | awk '{print "  " $$3}' | sort -u; exit 1; \
 	else echo "ok: mlops_nb/ matches nbs/ and every notebook is clean"; fi
 
-# The pipeline notebooks run alone under nbdev_test and nbval: give them a seeded home with data and a champion.
+# The pipeline notebooks run alone under nbdev_test and nbval, against one seeded home holding the demo tables. Each
+# check runs them in pipeline order (train registers a candidate, evaluate promotes it, score uses the champion), so
+# either check passes alone or after the other; the lock keeps the two from using the home at the same time.
+# The library notebooks make their own temporary homes; each check gives them an empty one besides.
+PIPELINE_NBS := explore train evaluate score
+LOCK_HOME := flock $(TEST_HOME)/.lock
 $(TEST_HOME)/.seeded: $(STAMP)
 	rm -rf $(TEST_HOME)
 	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb demo-data --env dev --rows 20000
-	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb run --env dev --steps train,evaluate --param model_type=logreg
 	@touch $@
 
-# Library notebooks (two workers), then the pipeline notebooks in a process of their own, one at a time
-# (they share the seeded home).
+# nbdev_test: the library notebooks (two workers), then the pipeline notebooks one at a time in a process each.
 test-nbdev: venv $(TEST_HOME)/.seeded
-	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
-	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 0 --do_print --path nbs/pipelines
+	MLOPS_NB_HOME=$(TEST_HOME)/library-nbdev $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
+	$(LOCK_HOME) bash -c 'set -e; for nb in $(PIPELINE_NBS); do \
+	  MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 0 --do_print --path nbs/pipelines/$$nb.ipynb; done'
 
 # nbval runs numbered copies (nbdev_clean blanks execution counts; see tests/nbval_prepare.py): strict on the
-# library notebooks, lax with NBVAL_CHECK_OUTPUT cells on the pipeline notebooks (their runs differ in ids and times).
+# library notebooks (two workers, a kernel per notebook), lax with NBVAL_CHECK_OUTPUT cells on the pipeline
+# notebooks (their runs differ in ids and times).
 NBVAL := $(BIN)/pytest -q -p no:cacheprovider --nbval-current-env --nbval-sanitize-with nbs/nbval_sanitize.cfg
 test-nbval: venv $(TEST_HOME)/.seeded
 	$(BIN)/python tests/nbval_prepare.py nbs .nbval/nbs
-	MLOPS_NB_HOME=$(TEST_HOME) $(NBVAL) --nbval .nbval/nbs/[0-9]*.ipynb
-	MLOPS_NB_HOME=$(TEST_HOME) $(NBVAL) --nbval-lax .nbval/nbs/pipelines
+	MLOPS_NB_HOME=$(TEST_HOME)/library-nbval $(NBVAL) -n 2 --dist loadfile --nbval .nbval/nbs/[0-9]*.ipynb
+	MLOPS_NB_HOME=$(TEST_HOME) $(LOCK_HOME) $(NBVAL) --nbval-lax $(PIPELINE_NBS:%=.nbval/nbs/pipelines/%.ipynb)
 
+# pytest-xdist: each test module runs in one worker (its module fixtures are built once), modules in parallel.
+PYTEST_WORKERS ?= 3
+PYTEST_ARGS ?=
 test-pytest: venv
-	$(BIN)/pytest -q -p no:cacheprovider tests --junitxml=test-results.xml
+	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests --junitxml=test-results.xml $(PYTEST_ARGS)
 
-test: check-sync test-nbdev test-nbval test-pytest
+# check-sync first (it runs nbdev_export), then the three suites at once; each prints its output when it is done,
+# and all three run to the end even when one fails.
+test: check-sync
+	@echo "running test-nbdev, test-nbval and test-pytest in parallel; each prints its output when it finishes"
+	@$(MAKE) --no-print-directory -k -j3 --output-sync=target test-nbdev test-nbval test-pytest
 
 # Re-run the library notebooks so their stored outputs (checked strictly by nbval) are current.
 notebooks: venv

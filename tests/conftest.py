@@ -2,10 +2,11 @@
 
 Nothing is mocked: MLflow writes to SQLite under the home, tables are Delta tables under it, steps run in
 papermill kernels and scoring on Spark local. Expensive set-up (demo data, pipeline runs) is shared through
-module-scoped fixtures in the test modules.
+module-scoped fixtures in the test modules, and across pytest-xdist workers through `build_once` (`make test-pytest`
+runs the modules in parallel, each module's tests in one worker: `--dist loadscope`).
 """
 from __future__ import annotations
-import contextlib, json, os, subprocess, sys
+import contextlib, fcntl, json, os, shutil, subprocess, sys
 from dataclasses import dataclass
 from pathlib import Path
 import pytest
@@ -168,12 +169,67 @@ def home(make_home) -> Home:
     return make_home("home")
 
 
+@pytest.fixture(scope="session")
+def shared_dir(tmp_path_factory) -> Path:
+    "A folder shared by every pytest-xdist worker of this test run (without xdist, this process's own)."
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"): base = base.parent  # workers' base temps live in the run's own
+    d = base/"shared"
+    d.mkdir(exist_ok=True)
+    return d
+
+
+def build_once(shared_dir: Path, name: str, build):
+    """Build `shared_dir/name` once per test run, whichever worker asks first (the others wait for it).
+
+    `build(path)` fills the empty folder `path` and returns something JSON can hold; every caller gets that value.
+    A build that fails leaves nothing behind, so the next caller tries again (and fails with its own error).
+    What is built here is shared: read it, or copy it (`copy_tables`); never write into it.
+    """
+    path, done = shared_dir/name, shared_dir/f"{name}.json"
+    with open(shared_dir/f"{name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if done.is_file(): return json.loads(done.read_text())
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir()
+        try: value = build(path)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+        done.write_text(json.dumps(value))
+        return value
+
+
+def copy_tables(src: Path, home: Home) -> Home:
+    "Copy the Delta tables of home folder `src` into `home` (Delta logs hold relative paths; MLflow is not copied)."
+    shutil.copytree(Path(src)/"tables", home.path/"tables", dirs_exist_ok=True)
+    return home
+
+
+@pytest.fixture(scope="session")
+def demo_tables(shared_dir) -> Path:
+    "A home folder holding only the demo tables (5000 training rows, seed 0), written once per test run: copy, never write."
+    build_once(shared_dir, "demo-5000-seed0", lambda p: Home(p).demo_data(rows=5000, seed=0).returncode)
+    return shared_dir/"demo-5000-seed0"
+
+
 @pytest.fixture(scope="module")
-def seeded_home(make_home) -> Home:
-    "A home with the demo training table (5000 rows) and scoring batch (1000 rows), shared by a module."
-    h = make_home("seeded")
-    h.demo_data(rows=5000, seed=0)
-    return h
+def seeded_home(make_home, demo_tables) -> Home:
+    "A home of this module's own with the demo training table (5000 rows) and scoring batch (1000 rows), no MLflow yet."
+    return copy_tables(demo_tables, make_home("seeded"))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    "This test process's one local Spark session (started on first use, stopped at the end of the session)."
+    from mlops_nb.scoring import get_spark
+    saved = dict(os.environ)  # the JVM keeps the environment it starts with: a clean one, pointed at no home
+    for k in [k for k in os.environ if k.startswith(_LEAKY_PREFIXES) or k in _LEAKY_NAMES]: del os.environ[k]
+    os.environ.update(PYSPARK_PYTHON=sys.executable, SPARK_LOCAL_IP="127.0.0.1")
+    try: s = get_spark()
+    finally: os.environ.clear(); os.environ.update(saved)
+    yield s
+    s.stop()
 
 
 def head_sha() -> str:

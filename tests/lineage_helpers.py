@@ -4,7 +4,7 @@ Reproduce needs commits, so these tests work in a temporary `git clone` of the r
 and import the clone's `mlops_nb` through PYTHONPATH; the kernels use this venv's python.
 """
 from __future__ import annotations
-import atexit, functools, json, os, shutil, subprocess, sys, tempfile
+import json, os, subprocess, sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,15 +50,17 @@ def run_pipeline(env: dict, cwd: Path, steps: str, rows: int = 1500) -> dict:
     return json.loads(r.stdout)
 
 
-@functools.lru_cache(maxsize=None)
-def shared_pipeline():
-    "One clone, home and train,evaluate,score run shared (read-only) by the trace and MLflow CLI tests."
-    tmp = Path(tempfile.mkdtemp(prefix="mlops-nb-lineage-tests-"))
-    atexit.register(shutil.rmtree, tmp, True)
-    src = clone(tmp/"src")
-    env = clean_env(tmp/"home", src)
-    job = run_pipeline(env, src, "train,evaluate,score")
-    return src, tmp/"home", env, job
+def shared_pipeline(shared_dir: Path):
+    """One clone, home and train,evaluate,score run per test run (built once by whichever pytest-xdist worker asks
+    first, see conftest's `build_once`), shared read-only by the trace, reproduce and MLflow CLI tests: copy the
+    home before changing anything in it."""
+    from conftest import build_once
+    def build(d: Path) -> dict:
+        src = clone(d/"src")
+        return run_pipeline(clean_env(d/"home", src), src, "train,evaluate,score")
+    job = build_once(shared_dir, "lineage-pipeline", build)
+    d = shared_dir/"lineage-pipeline"
+    return d/"src", d/"home", clean_env(d/"home", d/"src"), job
 
 
 def mlflow_client(home: Path):

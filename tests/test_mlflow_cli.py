@@ -8,8 +8,8 @@ from lineage_helpers import shared_pipeline, clean_env, cli, clone, run_pipeline
 
 
 @pytest.fixture(scope="module")
-def shared():
-    return shared_pipeline()
+def shared(shared_dir):
+    return shared_pipeline(shared_dir)
 
 
 def only_tracking_uri(uri: str, tmp: Path) -> dict:

@@ -11,9 +11,9 @@ TABLE = "dev.mlops_nb.training"
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, shared_dir):
     "A copy of the shared pipeline's home (its train run, from the clean HEAD of a clone, is the original to reproduce)."
-    src, home, env, job = shared_pipeline()
+    src, home, env, job = shared_pipeline(shared_dir)
     copy = tmp_path_factory.mktemp("reproduce")/"home"
     shutil.copytree(home, copy, ignore=shutil.ignore_patterns("runs", "jupyter", ".ipython"))
     return src, copy, clean_env(copy, src), job["model"]["mlflow_run_id"]

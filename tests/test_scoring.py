@@ -5,14 +5,12 @@ from scoring_helpers import CONTEXT, home_environ, make_champion
 
 
 @pytest.fixture(scope="module")
-def champ(tmp_path_factory):
-    "A home with demo data and a logreg champion; Spark started once for the module and stopped after."
+def champ(tmp_path_factory, spark):
+    "A home with demo data and a logreg champion; the test process's one Spark session (conftest's `spark`)."
     home = tmp_path_factory.mktemp("scoring-home")
     with home_environ(home):
         res = make_champion(rows=3000)
         yield home, res
-        from mlops_nb.scoring import get_spark
-        get_spark().stop()
 
 
 def _ctx(run_id):

@@ -9,8 +9,8 @@ SECTIONS = {"code", "infrastructure", "environment", "model", "data", "job", "no
 
 
 @pytest.fixture(scope="module")
-def shared():
-    return shared_pipeline()
+def shared(shared_dir):
+    return shared_pipeline(shared_dir)
 
 
 def trace(shared, target, *more):
