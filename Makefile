@@ -51,6 +51,12 @@ $(TEST_HOME)/.seeded: $(STAMP)
 	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb demo-data --env dev --rows 20000
 	@touch $@
 
+# The suites run several processes at once: one OpenMP thread each. scikit-learn's HistGradientBoosting spins its
+# OpenMP threads; on a loaded 2-core machine five hgb fits took 24-50 s with the default threads and 1.3 s with one
+# (test_evaluation's set-up went from 57 s to 843 s). Override with TEST_OMP_THREADS=N.
+TEST_OMP_THREADS ?= 1
+test-nbdev test-nbval test-pytest: export OMP_NUM_THREADS = $(TEST_OMP_THREADS)
+
 # nbdev_test: the library notebooks (two workers), then the pipeline notebooks one at a time in a process each.
 test-nbdev: venv $(TEST_HOME)/.seeded
 	MLOPS_NB_HOME=$(TEST_HOME)/library-nbdev $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
