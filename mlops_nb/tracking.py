@@ -127,6 +127,8 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
     log_lineage(ctx)
     from mlops_nb.core import process_tags
     mlflow.set_tags(process_tags())  # which processes run it: a later command ends it when they are gone
+    from mlops_nb.core import failpoint
+    failpoint("start_step_run.after_start")  # kill tests: the step's run is RUNNING with its processes recorded
     if params: mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     _register_failure_hook()
     return run

@@ -10,8 +10,8 @@ from .core import ConfigError, parse_bool
 
 # %% auto #0
 __all__ = ['HOME', 'CONFIG', 'ENV', 'PIPELINES', 'USER', 'SERVE_TOKEN', 'SPARK_MASTER', 'SPARK_DRIVER_MEMORY',
-           'SPARK_ARROW_BATCH', 'PARAM', 'GIT_SHA', 'GIT_DIRTY', 'DBR_JOB_ID', 'DBR_RUN_ID', 'DBR_TASK_KEY',
-           'VARIABLES', 'EnvVar', 'variables_markdown']
+           'SPARK_ARROW_BATCH', 'RUNNER', 'FAILPOINT', 'PARAM', 'GIT_SHA', 'GIT_DIRTY', 'DBR_JOB_ID', 'DBR_RUN_ID',
+           'DBR_TASK_KEY', 'VARIABLES', 'EnvVar', 'variables_markdown']
 
 # %% ../nbs/00a_variables.ipynb #bdc10dbe
 @dataclass(frozen=True)
@@ -46,6 +46,8 @@ SERVE_TOKEN = EnvVar("MLOPS_NB_SERVE_TOKEN", str, "", "bearer token `mlops-nb se
 SPARK_MASTER = EnvVar("MLOPS_NB_SPARK_MASTER", str, "local[*]", "Spark master of the local scoring session")
 SPARK_DRIVER_MEMORY = EnvVar("MLOPS_NB_SPARK_DRIVER_MEMORY", str, "1g", "heap of the local Spark driver")
 SPARK_ARROW_BATCH = EnvVar("MLOPS_NB_SPARK_ARROW_BATCH", int, 50_000, "rows per Arrow batch between Spark and the scoring UDF")
+RUNNER = EnvVar("MLOPS_NB_RUNNER", str, "", "set by the runner for its kernels: the runner process (`host:pid:start`) their MLflow runs record")
+FAILPOINT = EnvVar("MLOPS_NB_FAILPOINT", str, "", "kill tests only: `point[=sleep:S]`, comma-separated, of `core.FAILPOINTS` where the process kills itself (or sleeps)")
 PARAM = EnvVar("MLOPS_NB_<PARAM>", str, "", "a pipeline notebook's parameter `<param>` (e.g. `MLOPS_NB_MODEL_TYPE`), after papermill and widgets")
 GIT_SHA = EnvVar("GIT_SHA", str, "", "the commit of a run when git cannot tell (a Databricks job cluster sets it)")
 GIT_DIRTY = EnvVar("GIT_DIRTY", str, "", "`true` when that commit's tree had uncommitted changes")
@@ -53,8 +55,8 @@ DBR_JOB_ID = EnvVar("DBR_JOB_ID", str, "", "the Databricks job id of a run, when
 DBR_RUN_ID = EnvVar("DBR_RUN_ID", str, "", "the job run id of a run (never an MLflow run id), when no widget gives it")
 DBR_TASK_KEY = EnvVar("DBR_TASK_KEY", str, "", "the task key (step) of a run, when no widget gives it")
 
-VARIABLES = (HOME, CONFIG, ENV, PIPELINES, USER, SERVE_TOKEN, SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_ARROW_BATCH, PARAM,
-             GIT_SHA, GIT_DIRTY, DBR_JOB_ID, DBR_RUN_ID, DBR_TASK_KEY)
+VARIABLES = (HOME, CONFIG, ENV, PIPELINES, USER, SERVE_TOKEN, SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_ARROW_BATCH, RUNNER,
+             FAILPOINT, PARAM, GIT_SHA, GIT_DIRTY, DBR_JOB_ID, DBR_RUN_ID, DBR_TASK_KEY)
 
 def variables_markdown() -> str:
     "The table of every variable, as the README shows it."

@@ -103,3 +103,16 @@ def test_help_and_env_load_no_heavy_library(home):
     p = subprocess.run([sys.executable, "-c", code], env=home.environ(), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert p.stdout.strip() == "", f"loaded: {p.stdout.strip()}"
+
+
+def test_every_environment_variable_is_declared_once_and_listed_in_the_readme():
+    "mlops_nb.variables is the one list: every MLOPS_NB_* name the package reads is in it, and the README shows it."
+    import re
+    from conftest import REPO
+    from mlops_nb.context import STEP_PARAMS
+    from mlops_nb.variables import VARIABLES, variables_markdown
+    declared = {v.name for v in VARIABLES} | {f"MLOPS_NB_{p.upper()}" for p in STEP_PARAMS}
+    used = {m for f in (REPO/"mlops_nb").glob("*.py") if f.name != "_modidx.py"
+            for m in re.findall(r"MLOPS_NB_[A-Z][A-Z_]*[A-Z]", f.read_text())}
+    assert used - declared == set(), f"read but not declared in mlops_nb.variables: {sorted(used - declared)}"
+    assert variables_markdown() in (REPO/"README.md").read_text(), "README's table of variables is not variables_markdown()"

@@ -136,8 +136,11 @@ def test_concurrent_requests_share_model_calls_and_keep_their_own_answers(server
 def test_serve_fails_before_starting_with_one_clear_line(tmp_path, server):
     "No champion, or a bad setting: `mlops-nb serve` exits with one error line, no traceback, before listening."
     from conftest import run_cli
-    r = run_cli(tmp_path, "serve", "--port", free_port(), timeout=120)
-    assert r.returncode == 1 and "has no champion" in r.stderr and "Traceback" not in r.stderr, str(r)
+    r = run_cli(tmp_path, "serve", "--port", free_port(), timeout=120)  # an empty home: no store, and none is made
+    assert r.returncode == 1 and f"no MLflow store at {tmp_path.resolve()}/mlflow.db" in r.stderr and "Traceback" not in r.stderr, str(r)
+    assert not (tmp_path/"mlflow.db").exists()
+    r = run_cli(server["home"], "serve", "--env", "staging", "--port", free_port(), timeout=120)  # a store, no staging champion
+    assert r.returncode == 1 and "model staging.mlops_nb.demo_model has no champion" in r.stderr and "Traceback" not in r.stderr, str(r)
     (tmp_path/"bad.toml").write_text("[dev]\nserve_max_batch_rows = 0\n")
     r = run_cli(server["home"], "serve", "--port", free_port(), env={"MLOPS_NB_CONFIG": str(tmp_path/"bad.toml")}, timeout=120)
     assert r.returncode == 2 and "serve_max_batch_rows ([dev] of " in r.stderr and "expected a whole number, 1 or more, found 0" in r.stderr, str(r)
