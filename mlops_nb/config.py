@@ -310,14 +310,16 @@ def env_lock(env:str):
 class ServiceError(MlopsNbError):
     "A service the command needs (the MLflow tracking server, ...) that does not answer."
 
+_ANSWERED = set()  # http(s) tracking URIs whose server answered in this process
+
 def check_tracking_server(uri:str=None,      # default: the tracking URI in force
                           timeout:float=None, # seconds; default $MLFLOW_HTTP_REQUEST_TIMEOUT, else 5
                          ) -> str:
-    "`uri` when it is not http(s) or a server answers there, else a `ServiceError` naming it."
+    "`uri` when it is not http(s) or a server answers there (asked once a process), else a `ServiceError` naming it."
     import socket, urllib.error, urllib.request
     from urllib.parse import urlsplit, urlunsplit
     uri = uri or tracking_uri()
-    if not uri.lower().startswith(("http://", "https://")): return uri
+    if not uri.lower().startswith(("http://", "https://")) or uri in _ANSWERED: return uri
     timeout = timeout or float(os.environ.get("MLFLOW_HTTP_REQUEST_TIMEOUT") or 5)
     p = urlsplit(uri)
     netloc = (f"[{p.hostname}]" if ":" in (p.hostname or "") else (p.hostname or "")) + (f":{p.port}" if p.port else "")
@@ -329,4 +331,5 @@ def check_tracking_server(uri:str=None,      # default: the tracking URI in forc
         why = f"no answer within {timeout:g} s" if isinstance(why, (socket.timeout, TimeoutError)) else f"{type(why).__name__}: {why}"
         raise ServiceError(f"MLflow tracking server {redact_uri(uri)} (MLFLOW_TRACKING_URI) is not answering ({why}); "
                            "start it, fix MLFLOW_TRACKING_URI, or unset it to use the local store") from None
+    _ANSWERED.add(uri)  # configure_mlflow runs many times a process: ask a server that answered only once
     return uri
