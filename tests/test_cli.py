@@ -116,3 +116,13 @@ def test_every_environment_variable_is_declared_once_and_listed_in_the_readme():
             for m in re.findall(r"MLOPS_NB_[A-Z][A-Z_]*[A-Z]", f.read_text())}
     assert used - declared == set(), f"read but not declared in mlops_nb.variables: {sorted(used - declared)}"
     assert variables_markdown() in (REPO/"README.md").read_text(), "README's table of variables is not variables_markdown()"
+
+
+def test_every_module_says_what_it_is_in_a_whole_sentence():
+    "Each generated module's docstring (its notebook's summary line) is there and ends as a sentence does."
+    import ast
+    from conftest import REPO
+    for f in sorted((REPO/"mlops_nb").glob("*.py")):
+        if f.name in ("__init__.py", "_modidx.py"): continue
+        doc = ast.get_docstring(ast.parse(f.read_text()))
+        assert doc and doc.rstrip().endswith((".", ")")), f"{f.name}: module summary missing or cut short: {doc!r}"
