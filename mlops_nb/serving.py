@@ -4,19 +4,21 @@
 
 # %% ../nbs/14_serving.ipynb #de9f3430
 from __future__ import annotations
-import asyncio, collections, datetime as _dt, hmac, json, os, queue, sys, threading, time, uuid
+import asyncio, collections, contextlib, datetime as _dt, hmac, json, os, sys, time, uuid
 from dataclasses import dataclass, field
 from typing import Callable
-import numpy as np, pandas as pd, pyarrow as pa
+import numpy as np
 from .core import ParameterError
 from .config import EnvConfig
 from .scoring import InputColumn, prediction_id
+from .request_checks import record_errors, records_frame
+from .inference_log import InferenceLog
+from fastcore.basics import patch
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
 from fastapi.responses import JSONResponse
 
 # %% auto #0
-__all__ = ['INFERENCE_LOG_SCHEMA', 'LoadedModel', 'load_champion', 'record_errors', 'records_frame', 'InferenceLog',
-           'MicroBatcher', 'create_app', 'cmd_serve']
+__all__ = ['LoadedModel', 'load_champion', 'MicroBatcher', 'create_app', 'cmd_serve']
 
 # %% ../nbs/14_serving.ipynb #ce5ec0a8
 @dataclass
@@ -53,113 +55,6 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     predict = (lambda df: positive_proba(est.predict_proba(df))) if est is not None else (lambda df: positive_proba(model.predict(df)))
     return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict)
 
-# %% ../nbs/14_serving.ipynb #3079acf3
-def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf")
-def _is_whole(v) -> bool: return isinstance(v, int) and not isinstance(v, bool)
-_VALUE_CHECKS = {"double": (_is_number, "a finite number"), "float": (_is_number, "a finite number"), "long": (_is_whole, "a whole number"),
-                 "integer": (_is_whole, "a whole number"), "string": (lambda v: isinstance(v, str), "a string"),
-                 "boolean": (lambda v: isinstance(v, bool), "true or false")}
-
-def record_errors(body,        # the parsed JSON body
-                  inputs:list, # the model's `InputColumn`s
-                 ) -> list:
-    "Every field error of a request body against the signature, as FastAPI lists them."
-    if not isinstance(body, list) or not body:
-        return [{"loc": ["body"], "msg": "expected a non-empty JSON list of records (objects)", "type": "list_type"}]
-    errs = []
-    for i, rec in enumerate(body):
-        if not isinstance(rec, dict):
-            errs.append({"loc": ["body", i], "msg": f"expected an object, found {type(rec).__name__}", "type": "dict_type"}); continue
-        for c in inputs:
-            v = rec.get(c.name)
-            nan = isinstance(v, float) and v != v   # a `NaN` literal: missing, as batch scoring counts it
-            if v is None or nan:
-                if c.required:
-                    what = "is missing" if c.name not in rec else ("is NaN" if nan else "is null")
-                    errs.append({"loc": ["body", i, c.name], "msg": f"field {what}; the model requires a {c.type}", "type": "missing"})
-                continue
-            ok, want = _VALUE_CHECKS.get(c.type, (lambda v: True, c.type))
-            if not ok(v):
-                errs.append({"loc": ["body", i, c.name], "msg": f"expected {want} ({c.type}), found {json.dumps(v)[:50]}", "type": f"{c.type}_type"})
-    return errs
-
-_PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
-
-def records_frame(records:list, inputs:list) -> pd.DataFrame:
-    "Checked records as the data frame the model takes: its columns, in order, with its types; missing optional values as nulls."
-    df = pd.DataFrame({c.name: [r.get(c.name) for r in records] for c in inputs})
-    for c in inputs:
-        t = _PANDAS_TYPES.get(c.type)
-        if t and not (t.startswith("int") and df[c.name].isna().any()): df[c.name] = df[c.name].astype(t)
-    return df
-
-# %% ../nbs/14_serving.ipynb #48442d4f
-INFERENCE_LOG_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("logged_at", pa.timestamp("us", tz="UTC")), ("method", pa.string()), ("path", pa.string()),
-    ("status", pa.int32()), ("latency_ms", pa.float64()), ("inputs", pa.string()), ("outputs", pa.string()),
-    ("prediction_ids", pa.list_(pa.string())), ("model_name", pa.string()), ("model_version", pa.string()),
-    ("mlflow_run_id", pa.string()), ("git_sha", pa.string()), ("error", pa.string())])
-
-class InferenceLog:
-    "Append inference records to a Delta table in batches, from a background thread."
-    def __init__(self, table:str,               # three-level table name
-                 batch_rows:int=500,            # rows per commit, at most
-                 flush_seconds:float=2.0,       # longest a record waits
-                 max_pending:int=100_000,       # records beyond this are dropped (and counted)
-                ):
-        if batch_rows < 1 or flush_seconds <= 0: raise ParameterError(f"inference log: expected batch_rows >= 1 and flush_seconds > 0, found {batch_rows}, {flush_seconds}")
-        self.table, self.batch_rows, self.flush_seconds = table, batch_rows, flush_seconds
-        self.q, self.written, self.dropped, self.commits = queue.Queue(max_pending), 0, 0, 0
-        self._stop = object()
-        self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)  # started by the first `add`
-
-    def add(self, record:dict):
-        "Queue one record (a dict with some of the schema's columns); never blocks."
-        if self.thread.ident is None: self.thread.start()
-        try: self.q.put_nowait(record)
-        except queue.Full: self.dropped += 1
-
-# %% ../nbs/14_serving.ipynb #17c04731
-from fastcore.basics import patch
-
-@patch
-def _write(self:InferenceLog, batch:list):
-    "Append `batch` to the table in one commit."
-    from mlops_nb.lakehouse import write_table
-    try:
-        write_table(pa.Table.from_pylist(batch, schema=INFERENCE_LOG_SCHEMA), self.table, mode="append")
-        self.written += len(batch); self.commits += 1
-    except Exception as e:  # keep serving; say what was lost
-        self.dropped += len(batch)
-        print(f"mlops-nb serve: could not append {len(batch)} record(s) to {self.table}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-
-@patch
-def _run(self:InferenceLog):
-    "Collect records into batches and write each when full or old enough; stop at the sentinel."
-    batch, first = [], 0.0
-    while True:
-        timeout = None if not batch else max(0.0, first + self.flush_seconds - time.monotonic())
-        try: rec = self.q.get(timeout=timeout)
-        except queue.Empty: rec = None
-        if rec is not None and rec is not self._stop:
-            if not batch: first = time.monotonic()
-            batch.append(rec)
-        if batch and (rec is None or rec is self._stop or len(batch) >= self.batch_rows or time.monotonic() - first >= self.flush_seconds):
-            self._write(batch); batch = []
-        if rec is self._stop: return
-
-@patch
-def close(self:InferenceLog, timeout:float=60):
-    "Write every queued record, then stop the thread."
-    if self.thread.is_alive():
-        self.q.put(self._stop)
-        self.thread.join(timeout)
-
-@patch
-def pending(self:InferenceLog) -> int:
-    "Records queued and not yet written."
-    return self.q.qsize()
-
 # %% ../nbs/14_serving.ipynb #b3498edd
 def _bearer_ok(header:str|None, token:str) -> bool:
     "True when an Authorization header carries `token` as a bearer token (compared in constant time)."
@@ -177,6 +72,7 @@ async def _read_body(request, limit:int) -> bytes|None:
         chunks.append(chunk)
     return b"".join(chunks)
 
+# %% ../nbs/14_serving.ipynb #79e0419a
 class _GuardAndLog:
     "ASGI middleware: the bearer token check (401), an `X-Request-ID` on every response, and its inference log record."
     open_paths = ("/health",)   # liveness probes carry no token; every other path needs it when one is set
@@ -224,7 +120,7 @@ def _answer(m:LoadedModel, records:list, proba, request_id:str, threshold:float)
     answer = {"request_id": request_id, **m.lineage(), "prediction_ids": ids, "predictions": preds}
     return 200, answer, {"inputs": json.dumps(records), "outputs": json.dumps(preds), "prediction_ids": ids, **m.lineage()}
 
-# %% ../nbs/14_serving.ipynb #4d7f2a91
+# %% ../nbs/14_serving.ipynb #046ade58
 def _predict_batch(m:LoadedModel, requests:list) -> list:
     "For each request (a list of records), its probabilities from one call of `m`; if that call fails, each request alone (its exception in its place)."
     def one(records):
@@ -241,6 +137,7 @@ def _predict_batch(m:LoadedModel, requests:list) -> list:
         except Exception as e: out.append(e)
     return out
 
+# %% ../nbs/14_serving.ipynb #4adf56fd
 class MicroBatcher:
     "Answer concurrent requests with one model call: requests that arrive while the model is busy go together in the next call."
     def __init__(self, model:Callable,  # () -> the `LoadedModel` to use (read when each call starts)
@@ -259,63 +156,47 @@ class MicroBatcher:
         if self.task is None: self.task = loop.create_task(self._drain())
         return await fut
 
-    def _take(self) -> list:
-        "The next call's requests: the waiting ones in arrival order, up to `max_rows` rows (always at least one)."
-        batch, n = [], 0
-        while self.waiting and (not batch or n + len(self.waiting[0][0]) <= self.max_rows):
-            batch.append(self.waiting.popleft()); n += len(batch[-1][0])
-        return batch
+# %% ../nbs/14_serving.ipynb #b885dc30
+@patch
+def _take(self:MicroBatcher) -> list:
+    "The next call's requests: the waiting ones in arrival order, up to `max_rows` rows (always at least one)."
+    batch, n = [], 0
+    while self.waiting and (not batch or n + len(self.waiting[0][0]) <= self.max_rows):
+        batch.append(self.waiting.popleft()); n += len(batch[-1][0])
+    return batch
 
-    async def _drain(self):
-        "Call the model until nothing waits."
-        batch = []
-        try:
-            while self.waiting:
-                batch = self._take()
-                m = self.model()
-                results = await asyncio.to_thread(_predict_batch, m, [records for records, _ in batch])
-                for (_, fut), res in zip(batch, results):
-                    if fut.done(): continue   # the client went away
-                    if isinstance(res, BaseException): fut.set_exception(res)
-                    else: fut.set_result((m, res))
-                self.calls += 1; self.requests += len(batch); self.rows += sum(len(r) for r, _ in batch)
-                batch = []
-        except BaseException as e:  # cancelled at shutdown, or a bug here: nobody may wait forever
-            for _, fut in [*batch, *self.waiting]:
-                if not fut.done(): fut.set_exception(RuntimeError(f"micro-batching stopped: {type(e).__name__}"))
-            self.waiting.clear()
-            raise
-        finally: self.task = None
+@patch
+async def _drain(self:MicroBatcher):
+    "Call the model until nothing waits."
+    batch = []
+    try:
+        while self.waiting:
+            batch = self._take()
+            m = self.model()
+            results = await asyncio.to_thread(_predict_batch, m, [records for records, _ in batch])
+            for (_, fut), res in zip(batch, results):
+                if fut.done(): continue   # the client went away
+                if isinstance(res, BaseException): fut.set_exception(res)
+                else: fut.set_result((m, res))
+            self.calls += 1; self.requests += len(batch); self.rows += sum(len(r) for r, _ in batch)
+            batch = []
+    except BaseException as e:  # cancelled at shutdown, or a bug here: nobody may wait forever
+        for _, fut in [*batch, *self.waiting]:
+            if not fut.done(): fut.set_exception(RuntimeError(f"micro-batching stopped: {type(e).__name__}"))
+        self.waiting.clear()
+        raise
+    finally: self.task = None
 
-# %% ../nbs/14_serving.ipynb #5a1d048d
-def create_app(cfg:EnvConfig,          # the env: model, inference log table, limits
-               loader:Callable=None,   # cfg -> LoadedModel; default `load_champion`
-               token:str=None,         # bearer token to require; default $MLOPS_NB_SERVE_TOKEN (unset: none)
-               log:bool=True,          # append every response to the inference log table
-              ):
-    "The FastAPI app that serves `cfg`'s champion."
-    import contextlib
-    from fastapi import FastAPI
-    from starlette.concurrency import run_in_threadpool
-    loader = loader or load_champion
-    token = token if token is not None else os.environ.get("MLOPS_NB_SERVE_TOKEN", "")
+# %% ../nbs/14_serving.ipynb #4354642d
+@contextlib.asynccontextmanager
+async def _lifespan(app):
+    "The app's lifespan: at shutdown, write what the inference log still holds."
+    try: yield
+    finally:
+        if app.state.log is not None: app.state.log.close()
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app):
-        try: yield
-        finally:
-            if app.state.log is not None: app.state.log.close()
-
-    app = FastAPI(title="mlops-nb", summary=f"the {cfg.env} champion of {cfg.registered_model}", lifespan=lifespan)
-    # Everything that can fail (no champion, a bad setting) fails here, before the server starts: a clear error, not
-    # a traceback from uvicorn's start-up.
-    st = app.state
-    st.model, st.threshold, st.limit = loader(cfg), cfg.decision_threshold, cfg.serve_max_body_bytes
-    st.batcher = MicroBatcher(lambda: st.model, cfg.serve_max_batch_rows)
-    st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
-
-    app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
-
+def _add_predict_route(app):
+    "`POST /predict`: check the records (413, 422), answer them with one micro-batched model call (500 when it fails)."
     @app.post("/predict")
     async def predict(request: Request):
         st = request.app.state
@@ -335,6 +216,11 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
             return JSONResponse({"detail": f"the model could not answer these records: {what}"}, 500)
         status, answer, request.state.log = _answer(m, records, proba, request.state.request_id, st.threshold)
         return JSONResponse(answer, status)
+
+# %% ../nbs/14_serving.ipynb #5e05c0e9
+def _add_model_routes(app, cfg:EnvConfig, loader:Callable):
+    "`POST /reload` (load the champion again), `GET /health` (with the counters) and `GET /version`."
+    from starlette.concurrency import run_in_threadpool
 
     @app.post("/reload")
     async def reload(request: Request):
@@ -356,6 +242,29 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
         from mlops_nb import __version__
         m = request.app.state.model
         return {**m.lineage(), "loaded_at": m.loaded_at, "env": cfg.env, "mlops_nb": __version__}
+
+# %% ../nbs/14_serving.ipynb #5a1d048d
+def create_app(cfg:EnvConfig,          # the env: model, inference log table, limits
+               loader:Callable=None,   # cfg -> LoadedModel; default `load_champion`
+               token:str=None,         # bearer token to require; default $MLOPS_NB_SERVE_TOKEN (unset: none)
+               log:bool=True,          # append every response to the inference log table
+              ):
+    "The FastAPI app that serves `cfg`'s champion."
+    from fastapi import FastAPI
+    loader = loader or load_champion
+    token = token if token is not None else os.environ.get("MLOPS_NB_SERVE_TOKEN", "")
+
+    app = FastAPI(title="mlops-nb", summary=f"the {cfg.env} champion of {cfg.registered_model}", lifespan=_lifespan)
+    # Everything that can fail (no champion, a bad setting) fails here, before the server starts: a clear error, not
+    # a traceback from uvicorn's start-up.
+    st = app.state
+    st.model, st.threshold, st.limit = loader(cfg), cfg.decision_threshold, cfg.serve_max_body_bytes
+    st.batcher = MicroBatcher(lambda: st.model, cfg.serve_max_batch_rows)
+    st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
+
+    app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
+    _add_predict_route(app)
+    _add_model_routes(app, cfg, loader)
     return app
 
 # %% ../nbs/14_serving.ipynb #ab4c8e19
