@@ -101,7 +101,7 @@ def add_promotion_commands(sub):
 # %% ../nbs/11_cli.ipynb #a92bc270
 def add_deploy_commands(sub):
     "`render-jobs` and `deploy` (their `--env` has no default: a deployment names its target)."
-    r = command(sub, "render-jobs", "deploy:cmd_render_jobs", "print an env's rendered Databricks job settings (JSON)", env=False)
+    r = command(sub, "render-jobs", "job_templates:cmd_render_jobs", "print an env's rendered Databricks job settings (JSON)", env=False)
     r.add_argument("--env", required=True, help=f"one of {', '.join(ENV_CHOICES)}")
     r.add_argument("--git-sha", required=True, help="the commit the jobs run")
     r.add_argument("--git-ref", default="", help="the branch or tag (for the description)")

@@ -4,124 +4,18 @@
 
 # %% ../nbs/15_deploy.ipynb #0064937e
 from __future__ import annotations
-import contextlib, dataclasses, json, logging, os, re, subprocess, sys
+import dataclasses, json, subprocess, sys
 from dataclasses import dataclass, field
 from datetime import timedelta
-from importlib.resources import files
 from pathlib import Path
-import jinja2
-from .core import ConfigError, DeploymentError
-from .config import ENVS, EnvConfig, load_config
+from .core import DeploymentError
+from .config import EnvConfig
+from .job_templates import check_git_sha, deploy_config, render_jobs
+from .workspace import call_api, workspace_client
 
 # %% auto #0
-__all__ = ['templates_root', 'template_names', 'jinja_env', 'check_git_sha', 'job_context', 'check_job_settings', 'render_job',
-           'render_jobs', 'GitRef', 'resolve_git_ref', 'workspace_client', 'Action', 'find_repo', 'find_jobs',
-           'plan_deploy', 'apply_plan', 'run_job', 'deploy', 'cmd_render_jobs', 'cmd_deploy']
-
-# %% ../nbs/15_deploy.ipynb #646c7d94
-def templates_root(templates_dir=None, # a folder of *.json.j2 templates; default: the package's own
-                  ):
-    "Where the job templates are read from: `templates_dir`, else the package's `templates` folder."
-    if templates_dir is None: return files("mlops_nb") / "templates"
-    p = Path(templates_dir)
-    if not p.is_dir(): raise DeploymentError(f"templates folder {p} does not exist: expected a folder of *.json.j2 job templates; fix --templates")
-    return p
-
-def template_names(templates_dir=None) -> list:
-    "The job templates, in name order (`_*.json.j2` hold shared macros and are not jobs)."
-    names = sorted(t.name for t in templates_root(templates_dir).iterdir() if t.name.endswith(".json.j2") and not t.name.startswith("_"))
-    if not names: raise DeploymentError(f"no job templates (*.json.j2) in {templates_root(templates_dir)}; add one or fix --templates")
-    return names
-
-# %% ../nbs/15_deploy.ipynb #26d3f400
-def jinja_env(templates_dir=None) -> jinja2.Environment:
-    "A jinja2 environment over the job templates: strict about undefined names, no HTML escaping."
-    root = templates_root(templates_dir)
-    def load(name):
-        t = root / name
-        return t.read_text() if t.is_file() else None
-    e = jinja2.Environment(loader=jinja2.FunctionLoader(load), undefined=jinja2.StrictUndefined,
-                           autoescape=False, keep_trailing_newline=True)
-    e.filters["tojson"] = _tojson
-    return e
-
-def _tojson(value) -> str:
-    "`value` as a JSON literal; an undefined name fails here instead of being serialised."
-    if isinstance(value, jinja2.Undefined): str(value)  # StrictUndefined raises UndefinedError naming the variable
-    return json.dumps(value)
-
-# %% ../nbs/15_deploy.ipynb #e06bab71
-_SHA = re.compile(r"^[0-9a-f]{7,40}$")
-
-def check_git_sha(sha:str) -> str:
-    "`sha` when it looks like a git commit id (7 to 40 lower-case hex digits), else a clear error."
-    if not isinstance(sha, str) or not _SHA.match(sha):
-        raise DeploymentError(f"git sha: expected 7 to 40 hex digits (a commit id such as 3fa2c1d), found {sha!r}; pass --git-sha $(git rev-parse HEAD)")
-    return sha
-
-def job_context(cfg:EnvConfig, # the env's settings
-                git_sha:str,   # the commit the env's Git folder is on
-                git_ref:str="", # the branch or tag; default: the sha
-               ) -> dict:
-    "The variables the job templates see."
-    return dict(env=cfg.env, git_sha=check_git_sha(git_sha), git_ref=git_ref or git_sha, repo_path=cfg.workspace_repo_path,
-                cluster=dict(spark_version=cfg.spark_version, node_type_id=cfg.node_type_id, num_workers=cfg.num_workers),
-                pypi_libraries=list(cfg.pypi_libraries), pipeline_job_name=cfg.pipeline_job_name,
-                scoring_job_name=cfg.scoring_job_name, pipeline_cron=cfg.pipeline_cron, scoring_cron=cfg.scoring_cron,
-                timezone=cfg.timezone, schedule_paused=bool(cfg.schedule_paused))
-
-# %% ../nbs/15_deploy.ipynb #4a5fac86
-def _diff_paths(a, b, path="") -> list:
-    "The paths at which two JSON values differ."
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [p for k in sorted(set(a) | set(b)) for p in _diff_paths(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [p for i, (x, y) in enumerate(zip(a, b)) for p in _diff_paths(x, y, f"{path}[{i}]")]
-    return [] if a == b else [path or "."]
-
-def check_job_settings(d:dict, # rendered job settings
-                       name:str="job", # where they came from, for the message
-                      ) -> dict:
-    "`d` when the Jobs API's `JobSettings` keeps every key and value of it, else a clear error."
-    from databricks.sdk.service.jobs import JobSettings
-    try: back = JobSettings.from_dict(d).as_dict()
-    except (AttributeError, TypeError, ValueError) as e:
-        raise DeploymentError(f"{name}: not valid job settings ({type(e).__name__}: {e}); check the template against databricks.sdk.service.jobs.JobSettings") from e
-    diff = _diff_paths(d, back)
-    if diff:
-        raise DeploymentError(f"{name}: the Jobs API does not know or would change {', '.join(diff)}; "
-                              "check the spelling against databricks.sdk.service.jobs.JobSettings")
-    return d
-
-# %% ../nbs/15_deploy.ipynb #5798f40b
-def render_job(name:str,     # template file name, e.g. pipeline_job.json.j2
-               context:dict, # variables, from `job_context`
-               templates_dir=None,
-              ) -> dict:
-    "One job template rendered with `context`, parsed and checked as Jobs API settings."
-    try: text = jinja_env(templates_dir).get_template(name).render(**context)
-    except jinja2.UndefinedError as e:
-        raise DeploymentError(f"template {name}: {e.message}; the variables are {', '.join(sorted(context))}; fix the template") from e
-    except jinja2.TemplateNotFound as e:
-        raise DeploymentError(f"template {e.name} not found in {templates_root(templates_dir)}; expected one of {', '.join(template_names(templates_dir))}") from e
-    except jinja2.TemplateSyntaxError as e:
-        raise DeploymentError(f"template {e.name or name} line {e.lineno}: {e.message}; fix the template") from e
-    try: d = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DeploymentError(f"template {name} did not render JSON: {e.msg} at line {e.lineno} column {e.colno}; fix the template") from e
-    return check_job_settings(d, f"template {name}")
-
-# %% ../nbs/15_deploy.ipynb #da646bf2
-def render_jobs(cfg:EnvConfig, git_sha:str, git_ref:str="", templates_dir=None) -> dict:
-    "Every job template rendered for `cfg`, as `{job name: settings}`."
-    ctx = job_context(cfg, git_sha, git_ref)
-    jobs = {}
-    for name in template_names(templates_dir):
-        d = render_job(name, ctx, templates_dir)
-        if not d.get("name"): raise DeploymentError(f"template {name} renders no job name; give it a \"name\"")
-        if d["name"] in jobs: raise DeploymentError(f"two templates render the job name {d['name']!r}; give each job its own name")
-        jobs[d["name"]] = d
-    return jobs
+__all__ = ['GitRef', 'resolve_git_ref', 'Action', 'find_repo', 'find_jobs', 'plan_deploy', 'apply_plan', 'run_job', 'deploy',
+           'cmd_deploy']
 
 # %% ../nbs/15_deploy.ipynb #08c09313
 @dataclass
@@ -159,106 +53,6 @@ def resolve_git_ref(ref=None,      # branch or tag; default: the checked-out bra
     raise DeploymentError(f"git ref {ref!r} not found: expected {want} of this repository; "
                           "check the name, or fetch it (git fetch origin --tags)")
 
-# %% ../nbs/15_deploy.ipynb #13dee625
-@contextlib.contextmanager
-def _quiet_sdk():
-    "Keep databricks-sdk's warnings (e.g. no `/.well-known/databricks-config` on the host) out of the output."
-    log = logging.getLogger("databricks.sdk")
-    level, log.level = log.level, logging.ERROR
-    try: yield
-    finally: log.level = level
-
-def _redact(text:str, secret=None) -> str:
-    "`text` with `secret` (and the token in the environment) replaced by `***`."
-    for s in (secret, os.environ.get("DATABRICKS_TOKEN")):
-        if s: text = text.replace(s, "***")
-    return text
-
-# %% ../nbs/15_deploy.ipynb #bb8e9fb6
-def workspace_client(profile=None,               # a profile of ~/.databrickscfg; default: DATABRICKS_HOST and DATABRICKS_TOKEN
-                     retry_timeout_seconds=300,  # how long the SDK retries 429s, 503s, timeouts and dropped connections
-                    ):
-    "A databricks-sdk `WorkspaceClient` for the workspace to deploy to."
-    from databricks.sdk import WorkspaceClient
-    from databricks.sdk.core import Config
-    kw = dict(retry_timeout_seconds=retry_timeout_seconds, http_timeout_seconds=min(60, retry_timeout_seconds))
-    if profile: kw.update(profile=profile)
-    else:
-        host, token = os.environ.get("DATABRICKS_HOST", "").strip(), os.environ.get("DATABRICKS_TOKEN", "").strip()
-        if not host: raise DeploymentError("DATABRICKS_HOST is not set: expected the workspace URL (e.g. https://adb-123.4.azuredatabricks.net); "
-                                           "set DATABRICKS_HOST and DATABRICKS_TOKEN (in CI: from the variable group) or pass --profile")
-        if not token: raise DeploymentError("DATABRICKS_TOKEN is not set: expected a personal access token or a service principal's token; "
-                                            "set it (in CI: a secret variable mapped into env:) or pass --profile")
-        kw.update(host=host, token=token, auth_type="pat")
-    try:
-        with _quiet_sdk(), _recoverable_retries(): return _retry_only_recoverable(WorkspaceClient(config=Config(**kw)))
-    except ValueError as e:
-        raise DeploymentError(f"cannot configure the Databricks client: {_redact(str(e).splitlines()[0], kw.get('token'))}; "
-                              "check DATABRICKS_HOST and DATABRICKS_TOKEN or the profile") from e
-
-# %% ../nbs/15_deploy.ipynb #631b9e5f
-def _cannot_connect(err:BaseException) -> bool:
-    "True when `err` (or what it wraps) is a connection that could not be made at all: refused, unknown host, no route."
-    from urllib3.exceptions import NewConnectionError
-    seen, todo = set(), [err]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen: continue
-        seen.add(id(e))
-        if isinstance(e, (NewConnectionError, ConnectionRefusedError)): return True
-        todo += [getattr(e, "reason", None), getattr(e, "original_error", None), e.__cause__, e.__context__,
-                 *(a for a in getattr(e, "args", ()) if isinstance(a, BaseException))]
-    return False
-
-_SDK_RULE = []  # databricks-sdk's own `_BaseClient._is_retryable`, while `_recoverable_retries` has replaced it
-
-def _recoverable(err:BaseException):
-    "databricks-sdk's retry rule (a reason to retry, or None), except that a connection that cannot be made is not retried."
-    import requests
-    from databricks.sdk._base_client import _BaseClient
-    if isinstance(err, requests.ConnectionError) and not isinstance(err, requests.Timeout) and _cannot_connect(err): return None
-    return (_SDK_RULE[-1] if _SDK_RULE else _BaseClient._is_retryable)(err)
-
-@contextlib.contextmanager
-def _recoverable_retries():
-    "Inside: every databricks-sdk HTTP client retries by `_recoverable` (`Config()` probes the host with a client of its own)."
-    from databricks.sdk._base_client import _BaseClient
-    sdk = _BaseClient.__dict__["_is_retryable"]
-    _SDK_RULE.append(sdk.__func__ if isinstance(sdk, staticmethod) else sdk)
-    _BaseClient._is_retryable = staticmethod(_recoverable)
-    try: yield
-    finally: _BaseClient._is_retryable = sdk; _SDK_RULE.pop()
-
-def _retry_only_recoverable(w):
-    "`w` (a `WorkspaceClient`) with `_recoverable` as the retry rule of its HTTP client, for every later call."
-    w.api_client._api_client._is_retryable = _recoverable   # read by `_BaseClient.do` on every call
-    return w
-
-# %% ../nbs/15_deploy.ipynb #9057a7a9
-_HINTS = {"PermissionDenied": "the token's identity lacks permission: give it CAN MANAGE on the Git folder and the jobs, or use the CI service principal",
-          "Unauthenticated": "the token is invalid or expired: renew DATABRICKS_TOKEN",
-          "NotFound": "it does not exist (or is not visible to the token's identity): check the path, id or host",
-          "ResourceDoesNotExist": "it does not exist (or is not visible to the token's identity): check the path, id or host",
-          "TooManyRequests": "the workspace kept rate-limiting: retry later or raise --retry-timeout"}
-
-def _call(what:str, fn, *args, **kwargs):
-    "`fn(*args, **kwargs)`, with any API or network error turned into a `DeploymentError` about `what`."
-    import requests
-    from databricks.sdk.errors import DatabricksError
-    try:
-        with _quiet_sdk(): return fn(*args, **kwargs)
-    except DatabricksError as e:
-        kind = type(e).__name__
-        hint = next((h for k, h in _HINTS.items() if any(c.__name__ == k for c in type(e).__mro__)), "see the message")
-        code = f" {e.error_code}" if getattr(e, "error_code", None) else ""
-        raise DeploymentError(_redact(f"{what} failed: {kind}{code}: {str(e).strip().rstrip('.')}; {hint}")) from e
-    except (requests.RequestException, TimeoutError) as e:
-        if _cannot_connect(e):
-            host = os.environ.get("DATABRICKS_HOST", "") or "the profile's host"
-            raise DeploymentError(_redact(f"{what} failed: could not connect to {host} ({type(e).__name__}: {e}); "
-                                          "check DATABRICKS_HOST and the network (a refused connection is not retried)")) from e
-        raise DeploymentError(_redact(f"{what} failed: {type(e).__name__}: {e}; check DATABRICKS_HOST and the network, or raise --retry-timeout")) from e
-
 # %% ../nbs/15_deploy.ipynb #684638d9
 @dataclass
 class Action:
@@ -286,12 +80,12 @@ def _same_path(a:str, b:str) -> bool:
 
 def find_repo(w, path:str):
     "The workspace Git folder at `path`, or None."
-    repos = _call(f"listing Git folders under {path}", lambda: list(w.repos.list(path_prefix=path)))
+    repos = call_api(f"listing Git folders under {path}", lambda: list(w.repos.list(path_prefix=path)))
     return next((r for r in repos if _same_path(r.path, path)), None)
 
 def find_jobs(w, name:str) -> list:
     "The ids of the jobs named exactly `name`."
-    found = _call(f"listing jobs named {name!r}", lambda: list(w.jobs.list(name=name)))
+    found = call_api(f"listing jobs named {name!r}", lambda: list(w.jobs.list(name=name)))
     return sorted(j.job_id for j in found if j.settings and j.settings.name == name)
 
 # %% ../nbs/15_deploy.ipynb #3357ba4f
@@ -325,17 +119,17 @@ def apply_plan(w, actions:list) -> dict:
     from databricks.sdk.service.jobs import JobSettings
     out = {"repo_id": None, "jobs": {}}
     for a in actions:
-        if a.verb == "mkdirs": _call(f"creating workspace folder {a.target}", w.workspace.mkdirs, a.target)
+        if a.verb == "mkdirs": call_api(f"creating workspace folder {a.target}", w.workspace.mkdirs, a.target)
         elif a.verb == "create_repo":
-            out["repo_id"] = _call(f"creating Git folder {a.target}", w.repos.create, url=a.args["url"], provider=a.args["provider"], path=a.target).id
+            out["repo_id"] = call_api(f"creating Git folder {a.target}", w.repos.create, url=a.args["url"], provider=a.args["provider"], path=a.target).id
         elif a.verb == "update_repo":
             rid = a.args["repo_id"] if a.args["repo_id"] is not None else out["repo_id"]
-            _call(f"updating Git folder {a.target} to {a.args['kind']} {a.args['ref']}", w.repos.update, rid, **{a.args["kind"]: a.args["ref"]})
+            call_api(f"updating Git folder {a.target} to {a.args['kind']} {a.args['ref']}", w.repos.update, rid, **{a.args["kind"]: a.args["ref"]})
             out["repo_id"] = rid
         elif a.verb == "create_job":
-            out["jobs"][a.target] = _call(f"creating job {a.target!r}", w.jobs.create, **_settings_kwargs(a.args["settings"])).job_id
+            out["jobs"][a.target] = call_api(f"creating job {a.target!r}", w.jobs.create, **_settings_kwargs(a.args["settings"])).job_id
         elif a.verb == "reset_job":
-            _call(f"resetting job {a.target!r}", w.jobs.reset, a.args["job_id"], JobSettings.from_dict(a.args["settings"]))
+            call_api(f"resetting job {a.target!r}", w.jobs.reset, a.args["job_id"], JobSettings.from_dict(a.args["settings"]))
             out["jobs"][a.target] = a.args["job_id"]
         else: raise DeploymentError(f"unknown action {a.verb}")
     return out
@@ -343,9 +137,9 @@ def apply_plan(w, actions:list) -> dict:
 # %% ../nbs/15_deploy.ipynb #5f367926
 def run_job(w, job_id:int, name:str, timeout_minutes:float=120, out=print) -> dict:
     "Run job `job_id` now, wait for it to end, and return its id, URL and result; fail unless it succeeded."
-    waiter = _call(f"starting a run of job {name!r}", w.jobs.run_now, job_id=job_id)
+    waiter = call_api(f"starting a run of job {name!r}", w.jobs.run_now, job_id=job_id)
     run_id = waiter.run_id
-    url = _call(f"reading run {run_id}", w.jobs.get_run, run_id).run_page_url or ""
+    url = call_api(f"reading run {run_id}", w.jobs.get_run, run_id).run_page_url or ""
     out(f"started run {run_id} of job {name}: {url}")
     def wait():
         "The ended run; a run the Jobs service gave up on, or one still running at the timeout, is an error."
@@ -354,7 +148,7 @@ def run_job(w, job_id:int, name:str, timeout_minutes:float=120, out=print) -> di
         except OperationFailed as e: raise DeploymentError(f"run {run_id} of job {name!r} failed: {e}; see {url}") from e
         except TimeoutError as e:
             raise DeploymentError(f"run {run_id} of job {name!r} did not end within {timeout_minutes:g} minutes; see {url}, or raise --run-timeout") from e
-    run = _call(f"waiting for run {run_id} of job {name!r}", wait)
+    run = call_api(f"waiting for run {run_id} of job {name!r}", wait)
     st = run.state
     result = st.result_state.value if st and st.result_state else (st.life_cycle_state.value if st and st.life_cycle_state else "UNKNOWN")
     info = dict(run_id=run_id, job_id=job_id, url=run.run_page_url or url, result=result)
@@ -364,12 +158,6 @@ def run_job(w, job_id:int, name:str, timeout_minutes:float=120, out=print) -> di
     return info
 
 # %% ../nbs/15_deploy.ipynb #3fa59e8e
-def _env_config(env:str) -> EnvConfig:
-    "The env's settings; a usage problem here is a deployment error (exit 1)."
-    if env not in ENVS: raise DeploymentError(f"unknown env {env!r}: expected one of {', '.join(ENVS)}; pass --env staging or --env prod")
-    try: return load_config(env)
-    except ConfigError as e: raise DeploymentError(str(e)) from e
-
 def _deploy_ref(git_ref, git_sha, rollback_to, repo_dir) -> GitRef:
     "The ref to deploy: the rollback tag, or `git_ref` (default: the current branch) whose commit must be `git_sha` when given."
     if rollback_to:
@@ -397,7 +185,7 @@ def deploy(env:str,                # staging or prod (dev works too)
            out=print,              # where progress lines go
           ) -> dict:
     "Move `env`'s workspace Git folder to a branch or tag and create or reset its jobs; return what was done."
-    cfg = _env_config(env)
+    cfg = deploy_config(env)
     ref = _deploy_ref(git_ref, git_sha, rollback_to, repo_dir)
     jobs = render_jobs(cfg, ref.sha, ref.name, templates_dir)
     w = client if client is not None else workspace_client(profile, retry_timeout_seconds)
@@ -413,12 +201,6 @@ def deploy(env:str,                # staging or prod (dev works too)
     return summary
 
 # %% ../nbs/15_deploy.ipynb #ad4e3667
-def cmd_render_jobs(a) -> int:
-    "Print the rendered job settings of an env as JSON."
-    cfg = _env_config(a.env)
-    print(json.dumps(render_jobs(cfg, a.git_sha, a.git_ref or "", a.templates), indent=2))
-    return 0
-
 def cmd_deploy(a) -> int:
     "Deploy an env's code and jobs to Databricks."
     s = deploy(a.env, a.git_ref, a.git_sha, rollback_to=a.rollback_to, run=a.run, dry_run=a.dry_run, profile=a.profile,

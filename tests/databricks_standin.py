@@ -1,5 +1,5 @@
 """Hand-written (not a notebook): a local stand-in for the Databricks REST API that tests drive the real databricks-sdk against over HTTP."""
-# It implements only what mlops_nb.deploy calls, with state in memory, on 127.0.0.1 and a free port, in a thread:
+# It implements only what mlops_nb.deploy calls (through mlops_nb.workspace), with state in memory, on 127.0.0.1 and a free port, in a thread:
 #   GET /.well-known/databricks-config        404 (the SDK's host-metadata probe; it falls back to explicit config)
 #   /api/2.0/repos                            list (path_prefix), get, create, update (branch or tag)
 #   /api/2.0/workspace/mkdirs                 create a folder (idempotent)

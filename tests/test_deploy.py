@@ -10,7 +10,7 @@ from databricks_standin import DatabricksStandin  # noqa: E402
 from databricks.sdk.service.jobs import JobSettings
 from mlops_nb.cli import build_parser, main
 from mlops_nb.config import ENVS, load_config
-from mlops_nb.deploy import render_jobs, template_names, templates_root
+from mlops_nb.job_templates import render_jobs, template_names, templates_root
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
