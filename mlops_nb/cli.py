@@ -126,6 +126,7 @@ def add_serving_commands(sub):
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level")
 
+# %% ../nbs/11_cli.ipynb #d1b56893
 def build_parser() -> argparse.ArgumentParser:
     "The `mlops-nb` argument parser: every subcommand of every group."
     p = argparse.ArgumentParser(prog="mlops-nb", description="Notebook-first MLOps: run, trace and ship notebook pipelines.")
