@@ -4,7 +4,8 @@
 #   /api/2.0/repos                            list (path_prefix), get, create, update (branch or tag)
 #   /api/2.0/workspace/mkdirs                 create a folder (idempotent)
 #   /api/2.1/jobs/... and /api/2.2/jobs/...   list (name filter), get, create, reset, run-now, runs/get
-# Faults can be injected per method and path (e.g. a 403, a 404, or one 429 and then success).
+# Faults can be injected per method and path (e.g. a 403, a 404, or one 429 and then success). Tests may seed Git folders
+# and jobs directly (add_repo, add_job) and empty the workspace again (reset).
 from __future__ import annotations
 import json, re, threading, time
 from dataclasses import dataclass
@@ -91,6 +92,35 @@ class DatabricksStandin:
         "The calls that change state (anything but GET)."
         return [c for c in self.calls if c[0] != "GET"]
 
+    # -- seeding (tests set the workspace up directly, not through the API) ------------------------------------
+    def reset(self):
+        "An empty workspace again: no Git folders, folders, jobs, runs, faults or recorded calls (the settings stay)."
+        with self._lock:
+            self.repos, self.jobs, self.runs, self.folders = {}, {}, {}, set()
+            self.faults, self.calls, self.auth_seen = [], [], []
+
+    def add_repo(self, path, url="https://github.com/example/mlops-nb.git", provider="gitHub", branch="main", repo_id=None) -> int:
+        "Seed a Git folder at `path` (its id `repo_id`, default the next free one); return its id."
+        with self._lock:
+            rid = self._new_id(self.repos, repo_id)
+            self.repos[rid] = dict(id=rid, path=path, url=url, provider=provider, branch=branch,
+                                   head_commit_id=(self.refs or {}).get(branch, "0" * 40), _tag=None)
+        return rid
+
+    def add_job(self, settings, job_id=None) -> int:
+        "Seed a job with `settings` (a dict, e.g. `{'name': 'j'}`; its id `job_id`, default the next free one); return its id."
+        with self._lock:
+            jid = self._new_id(self.jobs, job_id)
+            self.jobs[jid] = dict(job_id=jid, created_time=int(time.time() * 1000), settings=dict(settings))
+        return jid
+
+    def _new_id(self, taken, wanted):
+        if wanted is None:
+            while (i := next(self._ids)) in taken: pass
+            return i
+        if wanted in taken: raise ValueError(f"id {wanted} is taken")
+        return wanted
+
     # -- HTTP ---------------------------------------------------------------------------------------------
     def _handle(self, h, method):
         u = urlparse(h.path)
@@ -153,8 +183,10 @@ class DatabricksStandin:
         return {k: v for k, v in r.items() if not k.startswith("_") and v is not None}
 
     def _repos_list(self, q):
-        prefix = q.get("path_prefix", "/Repos")
-        return {"repos": [self._repo_view(r) for r in self.repos.values() if r["path"].startswith(prefix)]}
+        # like the workspace, a path and the same path under /Workspace are one: either prefix finds either
+        plain = lambda p: p.removeprefix("/Workspace")
+        prefix = plain(q.get("path_prefix", "/Repos"))
+        return {"repos": [self._repo_view(r) for r in self.repos.values() if plain(r["path"]).startswith(prefix)]}
 
     def _repos_create(self, b):
         for k in ("url", "provider", "path"):
