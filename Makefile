@@ -48,7 +48,7 @@ PIPELINE_NBS := explore train evaluate score
 LOCK_HOME := flock $(TEST_HOME)/.lock
 $(TEST_HOME)/.seeded: $(STAMP)
 	rm -rf $(TEST_HOME)
-	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb demo-data --env dev --rows 20000
+	MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/mlops-nb demo-data --env dev --rows 5000
 	@touch $@
 
 # The suites run several processes at once: one OpenMP thread each. scikit-learn's HistGradientBoosting spins its
@@ -56,6 +56,13 @@ $(TEST_HOME)/.seeded: $(STAMP)
 # (test_evaluation's set-up went from 57 s to 843 s). Override with TEST_OMP_THREADS=N.
 TEST_OMP_THREADS ?= 1
 test-nbdev test-nbval test-pytest: export OMP_NUM_THREADS = $(TEST_OMP_THREADS)
+# The suites start about twenty short-lived local Spark JVMs (every score step, the scoring notebooks and tests). A JVM's
+# optimising JIT compiler spent half of each one's CPU on code that never ran long: a start and a small query took 30 s
+# of CPU with the default tiered compilation, 15 s with the quick compiler alone. Only the tests' JVMs are started so
+# (PySpark's own PYSPARK_SUBMIT_ARGS); a user's sessions and `make bench` keep the JVM's defaults. Override with
+# TEST_JAVA_OPTIONS= (empty: the defaults).
+TEST_JAVA_OPTIONS ?= -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
+test-nbdev test-nbval test-pytest: export PYSPARK_SUBMIT_ARGS = $(if $(strip $(TEST_JAVA_OPTIONS)),--driver-java-options "$(TEST_JAVA_OPTIONS)" pyspark-shell,pyspark-shell)
 
 # nbdev_test: the library notebooks (two workers), then the pipeline notebooks one at a time in a process each.
 test-nbdev: venv $(TEST_HOME)/.seeded

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 import numpy as np, pytest
-from conftest import PREDICTIONS, SCORING, TRAINING
+from conftest import PREDICTIONS, SCORING, TRAINING, copy_tables
 
-BAD = "dev.mlops_nb.bad_training"
+BAD_PREFIX = "dev.mlops_nb.bad_training_"  # each case spoils a table of its own in the shared home
 
 
 def one_error_line(r, command="run", only_line=True) -> str:
@@ -48,6 +48,22 @@ def assert_nothing_written(home, before: dict, job: dict = None, failed_step: st
 
 # --- item 8: the training table is checked before anything is fitted or logged ------------------------------
 
+@pytest.fixture(scope="module")
+def bad_home(make_home):
+    "One home with the demo tables (2000 rows) for every bad-training case: each spoils a table of its own, all fail."
+    home = make_home("bad-training")
+    home.demo_data(rows=2000)
+    return home
+
+
+@pytest.fixture(scope="module")
+def pristine_tables(make_home):
+    "A home folder with the demo tables (1000 rows), written once here: each broken-table case damages a copy."
+    home = make_home("pristine")
+    home.demo_data(rows=1000)
+    return home.path
+
+
 def _strings_in_numeric(df):
     df["age"] = df.age.astype(str)
     df.loc[::97, "age"] = "unknown"
@@ -80,15 +96,15 @@ BAD_TRAINING = [  # (id, how the demo table is spoiled, extra params, words the 
 
 
 @pytest.mark.parametrize("case, spoil, extra, words", BAD_TRAINING, ids=[c[0] for c in BAD_TRAINING])
-def test_bad_training_data_fails_train_naming_the_column(home, case, spoil, extra, words):
-    home.demo_data(rows=2000)
-    home.write_table(spoil(home.read_table(TRAINING).data), BAD)
-    before = delta_versions(home, TRAINING, SCORING, BAD)
-    r = home.cli("run", "--json", "--steps", "train,evaluate,score", "--param", f"training_table={BAD}", *extra)
+def test_bad_training_data_fails_train_naming_the_column(bad_home, case, spoil, extra, words):
+    home, bad = bad_home, f"{BAD_PREFIX}{case.replace('-', '_')}"
+    home.write_table(spoil(home.read_table(TRAINING).data), bad)
+    before = delta_versions(home, TRAINING, SCORING, bad)
+    r = home.cli("run", "--json", "--steps", "train,evaluate,score", "--param", f"training_table={bad}", *extra)
     assert r.returncode == 1, str(r)
     line = one_error_line(r, only_line=False)  # the progress lines come first
     assert r.stderr.strip().splitlines()[-1] == line
-    assert f"table {BAD}@0 cannot be trained on: " in line and "no model was trained or registered" in line
+    assert f"table {bad}@0 cannot be trained on: " in line and "no model was trained or registered" in line
     for w in words: assert w in line, (w, line)
     assert "one class" not in line  # a label with three values is not "one class"
     j = r.json()
@@ -96,13 +112,13 @@ def test_bad_training_data_fails_train_naming_the_column(home, case, spoil, extr
     assert_nothing_written(home, before, j, "train")
 
 
-def test_every_problem_is_listed_and_explore_stops_the_pipeline(home):
+def test_every_problem_is_listed_and_explore_stops_the_pipeline(bad_home):
     "The default steps: explore checks the table first (what no model type can take), so train never runs."
-    home.demo_data(rows=2000)
+    home, bad = bad_home, f"{BAD_PREFIX}everything"
     df = _three_classes(_infinity(_all_null(_strings_in_numeric(home.read_table(TRAINING).data))))
-    home.write_table(df, BAD)
-    before = delta_versions(home, TRAINING, SCORING, BAD)
-    r = home.cli("run", "--json", "--param", f"training_table={BAD}")
+    home.write_table(df, bad)
+    before = delta_versions(home, TRAINING, SCORING, bad)
+    r = home.cli("run", "--json", "--param", f"training_table={bad}")
     assert r.returncode == 1, str(r)
     line = one_error_line(r, only_line=False)
     assert "notebook explore.ipynb" in line
@@ -134,8 +150,8 @@ def _delete_a_data_file(home, name):
 @pytest.mark.parametrize("damage", ["garbled-log", "missing-file"])
 @pytest.mark.parametrize("table, steps", [(TRAINING, "explore,train,evaluate,score"), (SCORING, "score")],
                          ids=["training", "scoring"])
-def test_broken_table_is_one_line_before_any_step(home, damage, table, steps):
-    home.demo_data(rows=1000)
+def test_broken_table_is_one_line_before_any_step(home, pristine_tables, damage, table, steps):
+    copy_tables(pristine_tables, home)
     if damage == "garbled-log": version, what = _garble_latest_commit(home, table), "its Delta log is damaged (Kernel error: Json error"
     else: version, what = 0, f"1 data file(s) its Delta log lists are missing ({_delete_a_data_file(home, table)} under"
     before = delta_versions(home, TRAINING, SCORING)
