@@ -244,17 +244,15 @@ def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarra
     metrics = score_metrics(y[ho], proba, threshold)
     mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
     mlflow.log_metric("training_rows", int((~ho).sum()))
-    sample = df.loc[~ho, cols.features].head(200)
-    return metrics, log_classifier(model, sample)
+    return metrics, log_classifier(model, df.loc[~ho, cols.features].head(200))  # the signature's sample
 
 # %% ../nbs/07_training.ipynb #091ec5f7
 def _tag_candidate(client, ctx:RunContext, name:str, version, run_id:str, model_type:str, lineage:dict):
     "Tag model version `name`/`version` with its run's lineage tags, the run context's, its data's, and `candidate=true`."
     from mlops_nb.tracking import lineage_tags
     tags = lineage_tags(client.get_run(run_id).data.tags)  # code, job, infrastructure, environment, data
-    for k, v in {**tags, **ctx.tags(), **lineage, "MLFLOW_RUN_ID": run_id, "model_type": model_type,
-                 "candidate": "true"}.items():
-        client.set_model_version_tag(name, version, k, v)
+    tags |= {**ctx.tags(), **lineage, "MLFLOW_RUN_ID": run_id, "model_type": model_type, "candidate": "true"}
+    for k, v in tags.items(): client.set_model_version_tag(name, version, k, v)
 
 def _finish_unregistered(run, metrics:dict, data_version:int, info) -> TrainResult:
     "End a train run that logged its model without registering a version (a reproduction)."
