@@ -177,7 +177,7 @@ def paired_bootstrap_auc(y_true,    # labels of two classes (the larger one is p
         out[k] = _count_auc(c, n_neg, none, False, lo, hi, cn), _count_auc(c, n_neg, perm_b, True, lo_b, hi_b, cn)
     return _auc_draws(out[:, 0], rs.redrawn), _auc_draws(out[:, 1], rs.redrawn)
 
-# %% ../nbs/07b_bootstrap.ipynb #0aaa73b3
+# %% ../nbs/07b_bootstrap.ipynb #6a55cebb
 @dataclass
 class Comparison:
     "The numbers of one challenger-versus-champion (or versus baseline) comparison."
@@ -197,6 +197,7 @@ class Comparison:
         "The comparison as JSON-able numbers (without the draws)."
         return {k: v for k, v in asdict(self).items() if k != "draws"}
 
+# %% ../nbs/07b_bootstrap.ipynb #85e97ab3
 def _auc(y, p) -> float:
     "scikit-learn's ROC AUC."
     from sklearn.metrics import roc_auc_score

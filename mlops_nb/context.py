@@ -53,7 +53,7 @@ def resolve_param(name:str,          # the parameter's name, also the widget's n
     if default is not None: return as_param(default), "default"
     return "", "missing"
 
-# %% ../nbs/02_context.ipynb #638b2476
+# %% ../nbs/02_context.ipynb #bcfa8ef2
 def _whole(s:str, least:int) -> bool:
     try: return int(s) >= least
     except ValueError: return False
@@ -76,6 +76,7 @@ _PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
     "model_type": (lambda s: s in _model_types(), lambda: f"one of {', '.join(_model_types())}"),
 }
 
+# %% ../nbs/02_context.ipynb #6f5461c3
 STEP_PARAMS = {  # every parameter of the pipeline notebooks beyond the run context: its kind
     "model_type": "model_type", "register": "flag", "n_boot": "count",
     "training_table": "table", "scoring_table": "table", "predictions_table": "table",

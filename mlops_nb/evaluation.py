@@ -89,7 +89,27 @@ def _compare_best(client, cfg:EnvConfig, best:Validation, champ, n_boot:int) -> 
     mlflow.log_figure(plot_roc(ho.y, curves), "evaluation/roc.png")
     return cmp
 
-# %% ../nbs/08_evaluation.ipynb #451cf0cd
+# %% ../nbs/08_evaluation.ipynb #fca56958
+def _judge_best(client, ctx:RunContext, cfg:EnvConfig, dec:Decision, best:Validation, champ, n_boot:int, run_id:str):
+    "Make `best` the challenger, compare it with `champ`, record the outcome in `dec` and move the aliases by it."
+    from mlops_nb.registry import move_champion
+    name = cfg.registered_model
+    old = get_alias(client, name, "challenger")
+    if old is not None and str(old.version) != best.version: _tag_version(client, name, old.version, approval_status="SUPERSEDED")
+    client.set_registered_model_alias(name, "challenger", best.version)
+    cmp = _compare_best(client, cfg, best, champ, n_boot)
+    dec.challenger, dec.compared = best.version, {"challenger": best.version, "champion": dec.champion_before} | cmp.record()
+    dec.outcome, why = decide(cmp, cfg)
+    dec.reason = f"version {best.version}: {why}"
+    _tag_version(client, name, best.version, evaluation_decision=dec.outcome, evaluation_run_id=run_id)
+    if dec.outcome == "await_approval": _tag_version(client, name, best.version, approval_status="PENDING")
+    else: client.delete_registered_model_alias(name, "challenger")
+    if dec.outcome == "promote":
+        move_champion(client, cfg, best.version, action="promote", reason=dec.reason, trigger="evaluate",
+                      job_run_id=ctx.run_id, mlflow_run_id=run_id)
+        dec.promoted = True
+
+# %% ../nbs/08_evaluation.ipynb #87af7ec0
 def evaluate_candidates(ctx:RunContext, # the run this step belongs to
                         cfg:EnvConfig,  # the env's settings (thresholds, rule, approval)
                         n_boot=None,    # bootstrap resamples; default the env's n_boot
@@ -97,7 +117,6 @@ def evaluate_candidates(ctx:RunContext, # the run this step belongs to
     "Validate the candidates, compare the best with the champion and promote it (or stop at challenger) by the env's rule."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
-    from mlops_nb.registry import move_champion
     n_boot = check_n_boot(n_boot if n_boot not in (None, "") else cfg.n_boot)
     run = start_step_run(ctx, cfg, {"min_auc": cfg.min_auc, "promote_win_rate": cfg.promote_win_rate, "baseline_auc": cfg.baseline_auc,
                                     "n_boot": n_boot, "seed": cfg.seed, "require_approval": cfg.require_approval,
@@ -110,22 +129,7 @@ def evaluate_candidates(ctx:RunContext, # the run this step belongs to
     if not vals: dec.reason = "no candidates: nothing to evaluate"
     elif not passing:
         dec.reason = "no candidate passed validation: " + "; ".join(f"version {v.version} failed {', '.join(v.failed)}" for v in vals)
-    else:
-        best = max(passing, key=lambda v: (v.auc, int(v.version)))
-        old = get_alias(client, name, "challenger")
-        if old is not None and str(old.version) != best.version: _tag_version(client, name, old.version, approval_status="SUPERSEDED")
-        client.set_registered_model_alias(name, "challenger", best.version)
-        cmp = _compare_best(client, cfg, best, champ, n_boot)
-        dec.challenger, dec.compared = best.version, {"challenger": best.version, "champion": dec.champion_before} | cmp.record()
-        dec.outcome, why = decide(cmp, cfg)
-        dec.reason = f"version {best.version}: {why}"
-        _tag_version(client, name, best.version, evaluation_decision=dec.outcome, evaluation_run_id=run.info.run_id)
-        if dec.outcome == "await_approval": _tag_version(client, name, best.version, approval_status="PENDING")
-        else: client.delete_registered_model_alias(name, "challenger")
-        if dec.outcome == "promote":
-            move_champion(client, cfg, best.version, action="promote", reason=dec.reason, trigger="evaluate",
-                          job_run_id=ctx.run_id, mlflow_run_id=run.info.run_id)
-            dec.promoted = True
+    else: _judge_best(client, ctx, cfg, dec, max(passing, key=lambda v: (v.auc, int(v.version))), champ, n_boot, run.info.run_id)
     now = get_alias(client, name, "champion")
     dec.champion_after = str(now.version) if now else None
     mlflow.log_dict(asdict(dec), "evaluation/decision.json")

@@ -10,7 +10,7 @@ from .training import Columns
 # %% auto #0
 __all__ = ['eda_summary', 'eda_figures', 'explore_table']
 
-# %% ../nbs/06_explore.ipynb #52d79596
+# %% ../nbs/06_explore.ipynb #e9eb2480
 def eda_summary(df:pd.DataFrame, cols:Columns) -> dict:
     "Rows, class balance, missing values and numeric statistics of a table, JSON-able."
     y = df[cols.label]
@@ -24,6 +24,7 @@ def eda_summary(df:pd.DataFrame, cols:Columns) -> dict:
 def _sample(df:pd.DataFrame, max_rows:int, seed:int) -> pd.DataFrame:
     return df if len(df) <= max_rows else df.sample(max_rows, random_state=seed)
 
+# %% ../nbs/06_explore.ipynb #a4ce34dd
 def eda_figures(df:pd.DataFrame, cols:Columns, max_rows:int=50_000, seed:int=0) -> dict:
     "Figures of class balance, missing values, feature distributions by class and correlations; {file name: figure}."
     import matplotlib

@@ -31,7 +31,7 @@ def table_exists(name:str) -> bool:
     from deltalake import DeltaTable
     return DeltaTable.is_deltatable(str(table_path(name)))
 
-# %% ../nbs/03_lakehouse.ipynb #459f4ddf
+# %% ../nbs/03_lakehouse.ipynb #9c64ff07
 def first_line(e:BaseException) -> str:
     "An error's message without delta-rs' backtrace or terminal colours: its first line."
     s = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
@@ -48,6 +48,7 @@ def missing_files(dt) -> list:
     paths = [u[len("file://"):] if u.startswith("file://") else u for u in dt.file_uris()]
     return [p for p in paths if "://" not in p and not os.path.exists(p)]
 
+# %% ../nbs/03_lakehouse.ipynb #c34567d5
 def table_failure(name:str,        # the table
                   version,         # the version being read (None: not known)
                   e:BaseException, # what delta-rs, pyarrow or the file system raised
@@ -76,7 +77,7 @@ def table_errors(name:str, version=None):
     try: yield
     except (OSError, DeltaError, pa.ArrowException) as e: raise table_failure(name, version, e) from None
 
-# %% ../nbs/03_lakehouse.ipynb #f5845d8e
+# %% ../nbs/03_lakehouse.ipynb #e27979b8
 @dataclass
 class Snapshot:
     "A table's data as read at one Delta version."
@@ -93,6 +94,7 @@ def parse_version(version) -> int|None:
     if v < 0: raise ParameterError(f"table version: expected 0 or more, found {v}")
     return v
 
+# %% ../nbs/03_lakehouse.ipynb #94fa3c3c
 def open_delta(name:str, version=None,
                check_files:bool=True, # also check that every data file of the version is there (readers do)
               ):
@@ -117,6 +119,7 @@ def open_delta(name:str, version=None,
         if gone: raise table_failure(name, dt.version(), FileNotFoundError(gone[0]), missing=gone)
     return dt
 
+# %% ../nbs/03_lakehouse.ipynb #738f5590
 def read_table(name:str,      # three-level table name
                version=None,  # Delta version to read; None or '' = latest
                columns:list=None, # only these columns
@@ -138,7 +141,7 @@ def table_version(name:str) -> int:
     if on_databricks(): return int(get_spark().sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
     return open_delta(name, check_files=False).version()
 
-# %% ../nbs/03_lakehouse.ipynb #d3e5758b
+# %% ../nbs/03_lakehouse.ipynb #21a2b017
 def _to_arrow(data) -> pa.Table|pa.RecordBatchReader:
     "pandas or Arrow data as something `write_deltalake` takes."
     if isinstance(data, pd.DataFrame): return pa.Table.from_pandas(data, preserve_index=False)
@@ -153,6 +156,7 @@ def _log_damage(path:Path) -> Exception|None:
     except Exception as e: return e
     return None
 
+# %% ../nbs/03_lakehouse.ipynb #c773dd94
 def write_table(data,                # pandas DataFrame, pyarrow Table or RecordBatchReader
                 name:str,            # three-level table name
                 mode:str="append",   # append or overwrite

@@ -12,8 +12,8 @@ from .context import repo_root, commit_in_repo
 from .registry import get_version
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'trace',
-           'format_trace', 'cmd_trace']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'logged_model', 'resolve_target',
+           'trace', 'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -69,7 +69,7 @@ def _has_artifact(client, run_id:str, path:str) -> bool:
     try: return any(a.path == path for a in client.list_artifacts(run_id, folder))
     except Exception: return False
 
-# %% ../nbs/12_lineage.ipynb #2f2441cd
+# %% ../nbs/12_lineage.ipynb #97fc2c97
 def _scoring(client, run, notebooks:bool=True) -> dict:
     "What a score run records: its job run, input, model version and infrastructure."
     t = run.data.tags
@@ -78,11 +78,12 @@ def _scoring(client, run, notebooks:bool=True) -> dict:
             "infrastructure": {k[6:]: v for k, v in t.items() if k.startswith("infra.")},
             "notebooks": job_notebooks(client, [run.info.experiment_id], t.get("DBR_RUN_ID")) if notebooks else []}
 
-def _logged_model(run):
-    "The id of the model a run logged, or None."
+def logged_model(run):
+    "The id of the model run `run` logged (a train run that registered no version: a reproduction), or None."
     outs = getattr(run, "outputs", None)
     return outs.model_outputs[0].model_id if outs is not None and outs.model_outputs else None
 
+# %% ../nbs/12_lineage.ipynb #d8640c22
 def resolve_target(client, cfg, target:str) -> dict:
     "What `target` is: {kind, version (a ModelVersion or None), train_run_id, scoring, prediction, missing}."
     res = {"kind": None, "version": None, "train_run_id": None, "scoring": None, "prediction": None, "missing": []}
@@ -93,7 +94,7 @@ def resolve_target(client, cfg, target:str) -> dict:
         t, res["kind"] = run.data.tags, "run"
         if t.get("output.model_name") and t.get("output.model_version"):
             res["version"] = get_version(client, t["output.model_name"], t["output.model_version"])
-        elif _logged_model(run): res["train_run_id"] = run.info.run_id  # logged, not registered (a reproduction)
+        elif logged_model(run): res["train_run_id"] = run.info.run_id  # logged, not registered (a reproduction)
         elif t.get("model_name") and t.get("model_version"):
             res.update(version=get_version(client, t["model_name"], t["model_version"]), scoring=_scoring(client, run))
         else:
@@ -115,17 +116,19 @@ def resolve_target(client, cfg, target:str) -> dict:
                            f"prediction id in {where} (env {cfg.env}) or in {store_description()}")
     return res
 
-# %% ../nbs/12_lineage.ipynb #6e3f05c0
-def _sections(client, tags:dict, mv, train_run, repo) -> tuple[dict, list]:
-    "The code, infrastructure, environment, model, data, job and notebooks sections, and the missing links."
-    missing, rid = [], train_run.info.run_id if train_run else None
+# %% ../nbs/12_lineage.ipynb #fc284a68
+def _code_section(tags:dict, repo, missing:list) -> dict:
+    "The code section of a trace (the commit, its dirty flag, whether `repo` has it); what is missing goes to `missing`."
     sha = tags.get("GIT_SHA")
     code = {"git_sha": sha, "git_dirty": {"true": True, "false": False}.get(tags.get("GIT_DIRTY")),
             "commit_in_repo": commit_in_repo(sha, repo), "repo": str(repo) if repo else None}
     if not sha: missing.append("code: no GIT_SHA tag on the model version or its run")
     elif not code["commit_in_repo"]: missing.append(f"code: commit {sha} is not in the git repository at {repo} (fetch it, or pass --repo)")
-    infra = {k[6:]: v for k, v in tags.items() if k.startswith("infra.")}
-    if not infra: missing.append(f"infrastructure: run {rid} has no infra.* tags (trained before lineage capture?)")
+    return code
+
+def _environment_section(client, tags:dict, train_run, missing:list) -> dict:
+    "The environment section: the Python, the packages' hash and the logged package list of the training run."
+    rid = train_run.info.run_id if train_run else None
     pkgs = tags.get("environment_packages") or "environment/requirements.txt"
     has_pkgs = bool(rid) and _has_artifact(client, rid, pkgs)
     env = {"python": tags.get("python"), "packages_hash": tags.get("environment_hash"),
@@ -133,23 +136,50 @@ def _sections(client, tags:dict, mv, train_run, repo) -> tuple[dict, list]:
            "packages_location": f"{train_run.info.artifact_uri}/{pkgs}" if has_pkgs else None}
     if not env["packages_hash"] or not has_pkgs:
         missing.append(f"environment: run {rid} has no environment_hash tag or no {pkgs} artifact")
+    return env
+
+# %% ../nbs/12_lineage.ipynb #dbd6a6d0
+def _model_section(client, tags:dict, mv, train_run, missing:list) -> dict:
+    "The model section: the version (or, for a reproduction, the logged model), its run and where its artifacts are."
+    rid = train_run.info.run_id if train_run else None
     model = {"name": mv.name if mv else None, "version": str(mv.version) if mv else None,
              "aliases": list(getattr(mv, "aliases", []) or []) if mv else [], "mlflow_run_id": rid,
              "model_uri": f"models:/{mv.name}/{mv.version}" if mv else None, "artifact_uri": None}
     if mv is not None: model["artifact_uri"] = client.get_model_version_download_uri(mv.name, mv.version)
-    elif train_run is not None and _logged_model(train_run):
-        lm = client.get_logged_model(_logged_model(train_run))
+    elif train_run is not None and logged_model(train_run):
+        lm = client.get_logged_model(logged_model(train_run))
         model.update(model_uri=lm.model_uri, artifact_uri=lm.artifact_location)
     if train_run is None: missing.append(f"model: its training run {tags.get('MLFLOW_RUN_ID') or '?'} was not found")
+    return model
+
+def _data_section(tags:dict, missing:list) -> dict:
+    "The data section: the table, version, rows and fingerprint the model was trained on."
     data = {"table": tags.get("data_table"), "version": tags.get("data_version"), "rows": tags.get("data_rows"),
             "fingerprint": tags.get("data_fingerprint")}
     absent = [k for k, v in data.items() if not v]
     if absent: missing.append(f"data: no data_{', data_'.join(absent)} tag(s) on the model version or its run")
+    return data
+
+def _job_sections(client, tags:dict, train_run, missing:list) -> tuple[dict, list]:
+    "The job section (job and job run ids) and the job run's executed notebooks."
     job = {"job_id": tags.get("DBR_JOB_ID"), "run_id": tags.get("DBR_RUN_ID")}
     if not job["run_id"]: missing.append("job: no DBR_RUN_ID tag on the model version or its run")
     nbs = job_notebooks(client, [train_run.info.experiment_id], job["run_id"]) if train_run and job["run_id"] else []
     if job["run_id"] and not nbs:
         missing.append(f"notebooks: no executed notebook logged for job run {job['run_id']} (run outside the runner?)")
+    return job, nbs
+
+# %% ../nbs/12_lineage.ipynb #2936ac00
+def _sections(client, tags:dict, mv, train_run, repo) -> tuple[dict, list]:
+    "The code, infrastructure, environment, model, data, job and notebooks sections, and the missing links."
+    missing, rid = [], train_run.info.run_id if train_run else None
+    code = _code_section(tags, repo, missing)
+    infra = {k[6:]: v for k, v in tags.items() if k.startswith("infra.")}
+    if not infra: missing.append(f"infrastructure: run {rid} has no infra.* tags (trained before lineage capture?)")
+    env = _environment_section(client, tags, train_run, missing)
+    model = _model_section(client, tags, mv, train_run, missing)
+    data = _data_section(tags, missing)
+    job, nbs = _job_sections(client, tags, train_run, missing)
     return {"code": code, "infrastructure": infra, "environment": env, "model": model, "data": data, "job": job,
             "notebooks": nbs}, missing
 

@@ -73,7 +73,7 @@ def champion_stack(history:list) -> list[str]:
         else: stack.append(to)
     return stack
 
-# %% ../nbs/03a_registry.ipynb #4cacbf09
+# %% ../nbs/03a_registry.ipynb #5514f8a4
 def _complete_move(client, cfg:EnvConfig, row:dict):
     "Put the alias and tags of the recorded move `row` in place; the `champion_seq` tag, set last, marks it complete."
     from mlops_nb.core import failpoint
@@ -89,6 +89,7 @@ def _complete_move(client, cfg:EnvConfig, row:dict):
     failpoint("move_champion.after_tags")
     client.set_model_version_tag(name, version, "champion_seq", str(row["seq"]))
 
+# %% ../nbs/03a_registry.ipynb #219863b8
 def reconcile_champion(cfg:EnvConfig, client=None) -> dict|None:
     "Complete the last recorded champion move if a killed process left it half done; return its row, or None."
     import mlflow, sys

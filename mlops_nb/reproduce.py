@@ -143,8 +143,8 @@ def compare_metrics(a:dict, b:dict) -> dict:
 
 def model_uri_of(run) -> str|None:
     "The URI of the model a run logged (`models:/<model id>`), or None."
-    from mlops_nb.lineage import _logged_model
-    mid = _logged_model(run)
+    from mlops_nb.lineage import logged_model
+    mid = logged_model(run)
     return f"models:/{mid}" if mid else None
 
 def holdout_prediction_diff(uri_a:str, uri_b:str, snap, params:dict) -> tuple[float, int]:

@@ -7,120 +7,15 @@ from __future__ import annotations
 import hashlib, datetime as _dt
 from dataclasses import dataclass
 import pyarrow as pa
-from .core import DataError, RegistryError
 from .config import EnvConfig, on_databricks
 from .context import RunContext
 from .lakehouse import get_spark, read_spark_table
 from .registry import champion_of
+from .model_input import SPARK_CAST, check_input, model_inputs
 
 # %% auto #0
-__all__ = ['SPARK_TYPES_FOR', 'SPARK_CAST', 'InputColumn', 'model_inputs', 'model_features', 'schema_problems', 'null_problems',
-           'check_input', 'prediction_id', 'lineage_columns', 'spark_arrow_batches', 'with_lineage',
-           'prediction_schema', 'batch_reader', 'ScoreResult', 'existing_prediction_ids', 'probability_udf',
-           'score_table']
-
-# %% ../nbs/09_scoring.ipynb #f8bcd2b6
-@dataclass
-class InputColumn:
-    "One input column of a model's signature."
-    name: str
-    type: str       # MLflow type: double, float, long, integer, string, boolean, binary, datetime
-    required: bool  # False: the column may be missing or hold nulls
-
-def model_inputs(model_uri:str, sig=None) -> list:
-    "The `InputColumn`s of a logged model's signature (`sig`, when the caller already read it)."
-    from mlflow.models import get_model_info
-    sig = get_model_info(model_uri).signature if sig is None else sig
-    if sig is None or sig.inputs is None: raise RegistryError(f"{model_uri} has no signature; log models with a signature")
-    cols = []
-    for c in sig.inputs.inputs:
-        if getattr(c, "name", None) is None:
-            raise RegistryError(f"{model_uri}: expected named input columns in its signature, found {sig.inputs}")
-        cols.append(InputColumn(c.name, getattr(c.type, "name", str(c.type)), bool(getattr(c, "required", True))))
-    return cols
-
-def model_features(model_uri:str) -> list:
-    "The input column names of a logged model's signature."
-    return [c.name for c in model_inputs(model_uri)]
-
-# %% ../nbs/09_scoring.ipynb #be2e4307
-_NUMBERS = ("tinyint", "smallint", "int", "bigint")
-SPARK_TYPES_FOR = {"double": _NUMBERS + ("float", "double", "decimal"), "float": _NUMBERS + ("float",),
-                   "long": _NUMBERS, "integer": _NUMBERS[:3], "string": ("string",), "boolean": ("boolean",),
-                   "binary": ("binary",), "datetime": ("timestamp", "timestamp_ntz", "date")}
-SPARK_CAST = {"double": "double", "float": "float", "long": "bigint", "integer": "int", "string": "string",
-              "boolean": "boolean", "binary": "binary", "datetime": "timestamp"}
-
-def _base_type(t:str) -> str: return t.split("(")[0].strip().lower()
-
-def schema_problems(types:dict,    # the table's {column: Spark type name}, e.g. {"age": "double"}
-                    inputs:list,   # the model's `InputColumn`s
-                   ) -> list:
-    "What in a table's columns and types does not fit the model's signature, one line per problem."
-    out = []
-    for c in inputs:
-        if c.name not in types:
-            if c.required: out.append(f"column {c.name} ({c.type}, required) is missing")
-            continue
-        ok = SPARK_TYPES_FOR.get(c.type)
-        if ok is None: out.append(f"column {c.name}: the model expects type {c.type}, which batch scoring does not support")
-        elif _base_type(types[c.name]) not in ok and _base_type(types[c.name]) != "void":  # void: nulls only, any type
-            out.append(f"column {c.name}: expected {c.type}, found {types[c.name]}")
-    return out
-
-# %% ../nbs/09_scoring.ipynb #9a6024c9
-def _arrow_null_counts(data, req:list) -> dict:
-    """{column: nulls + NaN} of the columns `req` of pyarrow dataset `data`, one parquet column chunk at a time (memory
-    stays at one chunk); a non-float column's count comes from the chunk's footer statistics when they have one."""
-    import pyarrow.compute as pc, pyarrow.parquet as pq
-    counts, floats = dict.fromkeys(req, 0), {n for n in req if pa.types.is_floating(data.schema.field(n).type)}
-    def count(a, name): return a.null_count + ((pc.sum(pc.is_nan(a)).as_py() or 0) if name in floats else 0)
-    for frag in data.get_fragments():
-        with frag.filesystem.open_input_file(frag.path) as f:
-            pf = pq.ParquetFile(f)
-            leaf = {pf.metadata.schema.column(j).path: j for j in range(pf.metadata.num_columns)}
-            for name in [n for n in req if n not in leaf]:  # e.g. a partition column: not in the file itself
-                counts[name] += count(frag.to_table(schema=data.schema, columns=[name]).column(0), name)
-            for rg in range(pf.num_row_groups):
-                for name in [n for n in req if n in leaf]:
-                    st = pf.metadata.row_group(rg).column(leaf[name]).statistics
-                    if name not in floats and st is not None and st.has_null_count: counts[name] += st.null_count
-                    else: counts[name] += count(pf.read_row_group(rg, columns=[name]).column(0), name)
-    return counts
-
-def null_problems(sdf,          # the Spark DataFrame to score
-                  inputs:list,  # the model's `InputColumn`s
-                  arrow=None,   # a pyarrow dataset of the same rows (locally, the Delta snapshot): counted without a Spark job
-                 ) -> list:
-    "The required columns of `sdf` that hold nulls (or NaN), with their counts, one line per column."
-    from pyspark.sql import functions as F
-    types = dict(sdf.dtypes)
-    req = [c for c in inputs if c.required and c.name in types]
-    if not req: return []
-    if arrow is not None: counts = _arrow_null_counts(arrow, [c.name for c in req])
-    else:
-        def missing(c):
-            col = F.col(c.name)
-            isna = col.isNull() | F.isnan(col) if _base_type(types[c.name]) in ("float", "double") else col.isNull()
-            return F.sum(isna.cast("long")).alias(c.name)
-        counts = sdf.agg(*[missing(c) for c in req]).first().asDict()
-    return [f"column {k} has {n} null value(s), and the model's signature marks it required" for k, n in counts.items() if n]
-
-def check_input(sdf,          # the Spark DataFrame to score
-                inputs:list,  # the model's `InputColumn`s
-                what:str,     # what is scored, for the message, e.g. "table dev.s.t@3"
-                model:str,    # which model, for the message, e.g. "model dev.s.m version 2"
-                arrow=None,   # a pyarrow dataset of the same rows, for `null_problems`
-               ):
-    "Raise one `DataError` listing every way `sdf` does not fit the model's signature."
-    problems = schema_problems(dict(sdf.dtypes), inputs)
-    bad = {p.split()[1].rstrip(":") for p in problems}
-    problems += null_problems(sdf.select(*[c for c in sdf.columns if c not in bad]), inputs, arrow)
-    if problems:
-        optional = [c.name for c in inputs if not c.required]
-        raise DataError(f"{what} does not fit {model} (its MLflow signature): " + "; ".join(problems)
-                        + ". Fix the data or score another table; nothing was written."
-                        + (f" Optional columns ({', '.join(optional)}) may be missing or hold nulls." if optional else ""))
+__all__ = ['prediction_id', 'lineage_columns', 'spark_arrow_batches', 'with_lineage', 'prediction_schema', 'batch_reader',
+           'ScoreResult', 'existing_prediction_ids', 'probability_udf', 'score_table']
 
 # %% ../nbs/09_scoring.ipynb #bde1e8a8
 def prediction_id(job_run_id:str, model_version, *keys) -> str:
@@ -133,7 +28,7 @@ def lineage_columns(ctx:RunContext, mv, table:str, version:int, scored_at:_dt.da
     return {"model_name": mv.name, "model_version": str(mv.version), "model_run_id": mv.run_id, "git_sha": ctx.git_sha,
             "job_run_id": ctx.run_id, "scored_at": scored_at, "input_table": table, "input_version": int(version)}
 
-# %% ../nbs/09_scoring.ipynb #8667c0d4
+# %% ../nbs/09_scoring.ipynb #9d8d8c43
 def spark_arrow_batches(sdf):
     """The rows of a Spark DataFrame as Arrow record batches, streamed to the driver as each partition finishes
     (in no particular order). A failed task ends the stream with the job's error."""
@@ -154,6 +49,7 @@ def spark_arrow_batches(sdf):
         with unwrap_spark_exception(): server.getResult()
     finally: stream.close(); sock.close()
 
+# %% ../nbs/09_scoring.ipynb #512a63b1
 def with_lineage(batches,           # Arrow batches of prediction_id, keys, probability
                  lineage:dict,      # `lineage_columns`
                  threshold:float,   # probability at or above which the label is 1
@@ -179,6 +75,7 @@ def with_lineage(batches,           # Arrow batches of prediction_id, keys, prob
         counts["rows"] += n
         yield pa.RecordBatch.from_pydict(cols)
 
+# %% ../nbs/09_scoring.ipynb #8af70c81
 def prediction_schema(keys:pa.Schema) -> pa.Schema:
     "The Arrow schema of prediction rows whose key columns are `keys`."
     return pa.schema([("prediction_id", pa.string()), *keys, ("probability", pa.float64()), ("prediction", pa.int32()),
@@ -262,11 +159,28 @@ def _append_on_spark(scored, lineage:dict, threshold:float, out_table:str, meta:
     counts["skipped"] = total - counts["rows"]
     return v
 
-# %% ../nbs/09_scoring.ipynb #26604bb9
+# %% ../nbs/09_scoring.ipynb #0b4310e4
+def _scored(sdf, job_run_id:str, model_version, keys:list, inputs:list, probability):
+    "The Spark plan of the prediction rows of `sdf`: `prediction_id`, the keys and the probability of class 1."
+    from pyspark.sql import functions as F
+    digest = F.sha2(F.concat_ws("|", F.lit(job_run_id), F.lit(str(model_version)), *[F.col(k).cast("string") for k in keys]), 256)
+    pid = F.substring(digest.cast("binary"), 1, 32).cast("string")  # hex is ASCII: bytes, without counting characters
+    return sdf.select(pid.alias("prediction_id"), *keys, probability(F.struct(*_features(sdf, inputs))).alias("probability"))
+
+def _nothing_scored(name:str, mv, table:str, version, out_table:str) -> ScoreResult:
+    "End a score run whose input has no rows: nothing scored, and no commit to the predictions table."
+    import mlflow
+    from mlops_nb.tracking import set_step_outputs, finish_step_run
+    mlflow.log_metrics({"predictions_rows": 0, "predictions_skipped": 0})
+    set_step_outputs(predictions_table=out_table, rows=0, skipped=0, model_version=mv.version,
+                     note=f"table {table}@{version} has no rows: nothing scored, no predictions written")
+    finish_step_run()
+    return ScoreResult(name, str(mv.version), table, int(version), out_table, None, 0, 0)
+
+# %% ../nbs/09_scoring.ipynb #53f931ff
 def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, predictions_table:str=None) -> ScoreResult:
     "Score a table with the champion on Spark and append the predictions with lineage columns."
     import mlflow
-    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import to_arrow_type
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.config import configure_mlflow
@@ -287,15 +201,9 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
     if (arrow.count_rows() == 0) if arrow is not None else sdf.isEmpty():  # an empty batch: nothing to score, no commit
-        mlflow.log_metrics({"predictions_rows": 0, "predictions_skipped": 0})
-        set_step_outputs(predictions_table=out_table, rows=0, skipped=0, model_version=mv.version,
-                         note=f"table {table}@{v} has no rows: nothing scored, no predictions written")
-        finish_step_run()
-        return ScoreResult(name, str(mv.version), table, int(v), out_table, None, 0, 0)
+        return _nothing_scored(name, mv, table, v, out_table)
     probability = probability_udf(spark, uri, sig)
-    digest = F.sha2(F.concat_ws("|", F.lit(ctx.run_id), F.lit(str(mv.version)), *[F.col(k).cast("string") for k in keys]), 256)
-    pid = F.substring(digest.cast("binary"), 1, 32).cast("string")  # hex is ASCII: bytes, without counting characters
-    scored = sdf.select(pid.alias("prediction_id"), *keys, probability(F.struct(*_features(sdf, inputs))).alias("probability"))
+    scored = _scored(sdf, ctx.run_id, mv.version, keys, inputs, probability)
     lineage = lineage_columns(ctx, mv, table, v, _dt.datetime.now(_dt.timezone.utc))
     meta = {"job_run_id": ctx.run_id, "model_version": mv.version, "git_sha": ctx.git_sha, "input_table": table, "input_version": v}
     counts = {"rows": 0, "skipped": 0}

@@ -10,7 +10,8 @@ from typing import Callable
 import numpy as np
 from .core import ParameterError
 from .config import EnvConfig
-from .scoring import InputColumn, prediction_id
+from .model_input import InputColumn
+from .scoring import prediction_id
 from .request_checks import record_errors, records_frame
 from .inference_log import InferenceLog
 from fastcore.basics import patch
@@ -41,7 +42,7 @@ def load_champion(cfg:EnvConfig) -> LoadedModel:
     import mlflow
     from mlops_nb.config import configure_mlflow, require_store
     from mlops_nb.registry import champion_of
-    from mlops_nb.scoring import model_inputs
+    from mlops_nb.model_input import model_inputs
     from mlops_nb.training import positive_proba
     from mlops_nb.pyfunc_model import sklearn_estimator
     require_store()

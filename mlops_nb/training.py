@@ -72,7 +72,7 @@ def check_label(y:pd.Series) -> pd.Series:
     if problem: raise DataError(problem)
     return y.astype("int64")
 
-# %% ../nbs/07_training.ipynb #aaaa5fa7
+# %% ../nbs/07_training.ipynb #8c359d22
 def _string_numbers(s:pd.Series) -> str|None:
     "A problem line when string column `s` holds numbers (more than 20 distinct values, at least half of them numbers)."
     u = pd.Series(pd.unique(s.dropna()))
@@ -85,6 +85,7 @@ def _string_numbers(s:pd.Series) -> str|None:
             f"({', '.join(repr(b) for b in bad[:3])}{', ...' if len(bad) > 3 else ''}); a model would take the column "
             f"as categories and expect strings when it scores: cast it to a number type, with those values as null")
 
+# %% ../nbs/07_training.ipynb #2e6d4dfa
 def training_problems(df:pd.DataFrame,     # the training data
                       cols:Columns,        # its label and feature columns (`resolve_columns`)
                       model_type:str=None, # the model to fit; None: what no model type can take
@@ -136,7 +137,7 @@ def split_holdout(df:pd.DataFrame, keys:list, fraction:float=0.2, seed:int=42) -
     m = holdout_mask(df, keys, fraction, seed)
     return df[~m], df[m]
 
-# %% ../nbs/07_training.ipynb #3e5eaedb
+# %% ../nbs/07_training.ipynb #b3658260
 MODEL_TYPES = ("logreg", "hgb", "dummy")
 
 def check_model_type(model_type:str) -> str:
@@ -167,6 +168,7 @@ def build_model(model_type:str, # logreg, hgb or dummy
            "dummy": lambda: DummyClassifier(strategy="prior", random_state=seed)}[model_type]()
     return Pipeline([("prep", pre), ("clf", clf)])
 
+# %% ../nbs/07_training.ipynb #d974a0ad
 def positive_proba(pred) -> np.ndarray:
     "The probability of class 1 from `predict_proba` output (n x 2) or a 1-D array of it."
     a = np.asarray(pred.to_numpy() if hasattr(pred, "to_numpy") else pred, dtype="float64")
@@ -208,7 +210,7 @@ def log_classifier(model,                 # a fitted scikit-learn classifier (`p
         return mlflow.pyfunc.log_model(name=name, python_model=PositiveClassModel(), artifacts={"sklearn_model": f"{d}/sklearn"},
                                        signature=sig, pip_requirements=pip_requirements())
 
-# %% ../nbs/07_training.ipynb #7af0bc14
+# %% ../nbs/07_training.ipynb #f37d6f9d
 @dataclass
 class TrainResult:
     "What `train_candidate` produced."
@@ -219,6 +221,49 @@ class TrainResult:
     data_version: int
     model_uri: str = ""  # the logged model (`models:/<model id>`)
 
+# %% ../nbs/07_training.ipynb #c4eaabc7
+def _training_table(cfg:EnvConfig, table:str, version, label:str, keys:list, features:list, model_type:str) -> tuple:
+    "Read `table` at `version` and check it for training: (snapshot, columns, 0/1 label, held-out mask)."
+    from mlops_nb.lakehouse import read_table
+    snap = read_table(table, version)
+    df = snap.data
+    cols = resolve_columns(df, label, keys, features)
+    check_training_data(df, cols, model_type, f"table {table}@{snap.version}")  # every problem, before anything is logged
+    y = check_label(df[label])
+    ho = holdout_mask(df, keys, cfg.holdout_fraction, cfg.seed)
+    if ho.all() or not ho.any() or y[~ho].nunique() < 2 or y[ho].nunique() < 2:
+        raise DataError(f"table {table}@{snap.version} has {len(df)} rows: too few to keep both classes in training "
+                        f"and held-out rows; write more rows")
+    return snap, cols, y, ho
+
+def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarray, threshold:float) -> tuple:
+    "Fit `model` on the training rows and log its held-out metrics and the model in the active run: (metrics, ModelInfo)."
+    import mlflow
+    model.fit(df.loc[~ho, cols.features], y[~ho])
+    proba = positive_proba(model.predict_proba(df.loc[ho, cols.features]))
+    metrics = score_metrics(y[ho], proba, threshold)
+    mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+    mlflow.log_metric("training_rows", int((~ho).sum()))
+    return metrics, log_classifier(model, df.loc[~ho, cols.features].head(200))  # the signature's sample
+
+# %% ../nbs/07_training.ipynb #091ec5f7
+def _tag_candidate(client, ctx:RunContext, name:str, version, run_id:str, model_type:str, lineage:dict):
+    "Tag model version `name`/`version` with its run's lineage tags, the run context's, its data's, and `candidate=true`."
+    from mlops_nb.tracking import lineage_tags
+    tags = lineage_tags(client.get_run(run_id).data.tags)  # code, job, infrastructure, environment, data
+    tags |= {**ctx.tags(), **lineage, "MLFLOW_RUN_ID": run_id, "model_type": model_type, "candidate": "true"}
+    for k, v in tags.items(): client.set_model_version_tag(name, version, k, v)
+
+def _finish_unregistered(run, metrics:dict, data_version:int, info) -> TrainResult:
+    "End a train run that logged its model without registering a version (a reproduction)."
+    import mlflow
+    from mlops_nb.tracking import set_step_outputs, finish_step_run
+    mlflow.set_tag("registered", "false")
+    set_step_outputs(model_uri=info.model_uri)
+    finish_step_run()
+    return TrainResult("", "", run.info.run_id, metrics, data_version, info.model_uri)
+
+# %% ../nbs/07_training.ipynb #992b28c4
 def train_candidate(ctx:RunContext,     # the run this step belongs to
                     cfg:EnvConfig,      # the env's settings
                     model_type:str=None,  # logreg, hgb or dummy; default the env's
@@ -231,38 +276,19 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
                    ) -> TrainResult:
     "Train, log and register one candidate model version from a table."
     import mlflow
-    from mlops_nb.lakehouse import read_table
-    from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run, lineage_tags
+    from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
     model_type = check_model_type(model_type or cfg.model_type)
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
-    snap = read_table(table, version)
-    df = snap.data
-    cols = resolve_columns(df, label, keys, features)
-    check_training_data(df, cols, model_type, f"table {table}@{snap.version}")  # every problem, before anything is logged
-    y = check_label(df[label])
-    ho = holdout_mask(df, keys, cfg.holdout_fraction, cfg.seed)
-    if ho.all() or not ho.any() or y[~ho].nunique() < 2 or y[ho].nunique() < 2:
-        raise DataError(f"table {table}@{snap.version} has {len(df)} rows: too few to keep both classes in training "
-                        f"and held-out rows; write more rows")
+    snap, cols, y, ho = _training_table(cfg, table, version, label, keys, features, model_type)
     model = build_model(model_type, cols, cfg.seed)
     params = {"model_type": model_type, "seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction, "label": label,
               "keys": ",".join(keys), "features": ",".join(cols.features), "training_table": table,
               "training_version": snap.version, "decision_threshold": cfg.decision_threshold}
     run = start_step_run(ctx, cfg, params)
     lineage = log_data_lineage(snap)
-    model.fit(df.loc[~ho, cols.features], y[~ho])
-    proba = positive_proba(model.predict_proba(df.loc[ho, cols.features]))
-    metrics = score_metrics(y[ho], proba, cfg.decision_threshold)
-    mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
-    mlflow.log_metric("training_rows", int((~ho).sum()))
-    sample = df.loc[~ho, cols.features].head(200)
-    info = log_classifier(model, sample)
-    if not register:
-        mlflow.set_tag("registered", "false")
-        set_step_outputs(model_uri=info.model_uri)
-        finish_step_run()
-        return TrainResult("", "", run.info.run_id, metrics, snap.version, info.model_uri)
+    metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold)
+    if not register: return _finish_unregistered(run, metrics, snap.version, info)
     try: mv = mlflow.register_model(info.model_uri, cfg.registered_model, await_registration_for=60)
     except Exception as e:
         raise RegistryError(f"could not register {cfg.registered_model} from run {run.info.run_id}: {e}") from e
@@ -270,10 +296,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     desc = (f"{model_type} trained by job run {ctx.run_id} (commit {ctx.git_sha[:12]}) on {table}@{snap.version}; "
             f"held-out AUC {metrics['auc']:.4f}")
     client.update_model_version(cfg.registered_model, mv.version, description=desc)
-    tags = lineage_tags(client.get_run(run.info.run_id).data.tags)  # code, job, infrastructure, environment, data
-    for k, v in {**tags, **ctx.tags(), **lineage, "MLFLOW_RUN_ID": run.info.run_id, "model_type": model_type,
-                 "candidate": "true"}.items():
-        client.set_model_version_tag(cfg.registered_model, mv.version, k, v)
+    _tag_candidate(client, ctx, cfg.registered_model, mv.version, run.info.run_id, model_type, lineage)
     set_step_outputs(model_name=cfg.registered_model, model_version=mv.version)
     finish_step_run()
     return TrainResult(cfg.registered_model, str(mv.version), run.info.run_id, metrics, snap.version, info.model_uri)

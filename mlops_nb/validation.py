@@ -116,7 +116,7 @@ def predict_positive(model, columns:list, frame:pd.DataFrame) -> np.ndarray:
     if missing: raise DataError(f"the held-out rows lack column(s) {', '.join(missing)} the model needs")
     return positive_proba(model.predict(frame[columns]))
 
-# %% ../nbs/07c_validation.ipynb #54ff599a
+# %% ../nbs/07c_validation.ipynb #cb1898c7
 @dataclass
 class Validation:
     "How one candidate fared."
@@ -137,6 +137,7 @@ class Validation:
                 "checks": [asdict(c) for c in self.checks], "slices": self.slices,
                 "heldout": self.heldout.source | {"rows": len(self.heldout.y)} if self.heldout else None}
 
+# %% ../nbs/07c_validation.ipynb #32cbcafd
 def validate_candidate(client, cfg:EnvConfig, mv) -> Validation:
     "Run every validation check on model version `mv`."
     v = Validation(str(mv.version))

@@ -60,7 +60,8 @@ def test_bad_input_lists_every_problem_and_writes_nothing(champ):
     from mlops_nb.config import load_config
     from mlops_nb.core import DataError
     from mlops_nb.lakehouse import read_table, write_table, table_exists
-    from mlops_nb.scoring import score_table, model_inputs
+    from mlops_nb.scoring import score_table
+    from mlops_nb.model_input import model_inputs
     home, model = champ
     cfg = load_config("dev")
     inputs = model_inputs(f"models:/{cfg.registered_model}/{model.version}")
@@ -84,7 +85,8 @@ def test_bad_input_lists_every_problem_and_writes_nothing(champ):
 def test_optional_columns_may_be_missing(champ):
     from mlops_nb.config import load_config
     from mlops_nb.lakehouse import read_table, write_table
-    from mlops_nb.scoring import score_table, model_inputs
+    from mlops_nb.scoring import score_table
+    from mlops_nb.model_input import model_inputs
     home, model = champ
     cfg = load_config("dev")
     optional = [c.name for c in model_inputs(f"models:/{cfg.registered_model}/{model.version}") if not c.required]
@@ -132,7 +134,8 @@ def test_null_counts_agree_between_spark_and_the_arrow_snapshot(champ):
     "Locally `check_input` counts nulls and NaN in the Delta snapshot with pyarrow: the same lines as the Spark job."
     import pyarrow as pa
     from mlops_nb.lakehouse import open_delta, write_table
-    from mlops_nb.scoring import InputColumn, get_spark, null_problems, read_spark_table
+    from mlops_nb.model_input import InputColumn, null_problems
+    from mlops_nb.scoring import get_spark, read_spark_table
     t = pa.table({"a": pa.array([1.0, float("nan"), None, 4.0]), "b": pa.array(["x", None, "y", None]),
                   "c": pa.array([1, 2, 3, None], pa.int64()), "d": pa.array([1.0, 2.0, 3.0, 4.0]), "e": pa.array([None] * 4, pa.float64())})
     write_table(t, "dev.mlops_nb.nulls_batch", mode="overwrite")
@@ -150,7 +153,7 @@ def test_arrow_null_counts_take_a_column_an_older_file_lacks_as_nulls(champ):
     import pyarrow as pa
     from deltalake import write_deltalake
     from mlops_nb.lakehouse import open_delta, table_path, write_table
-    from mlops_nb.scoring import _arrow_null_counts
+    from mlops_nb.model_input import _arrow_null_counts
     write_table(pa.table({"a": pa.array([1.0, 2.0, 3.0])}), "dev.mlops_nb.evolved", mode="overwrite")
     write_deltalake(str(table_path("dev.mlops_nb.evolved")), pa.table({"a": pa.array([float("nan"), 5.0]), "b": pa.array(["x", None])}),
                     mode="append", schema_mode="merge")
