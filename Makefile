@@ -64,11 +64,19 @@ test-nbdev test-nbval test-pytest: export OMP_NUM_THREADS = $(TEST_OMP_THREADS)
 TEST_JAVA_OPTIONS ?= -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
 test-nbdev test-nbval test-pytest: export PYSPARK_SUBMIT_ARGS = $(if $(strip $(TEST_JAVA_OPTIONS)),--driver-java-options "$(TEST_JAVA_OPTIONS)" pyspark-shell,pyspark-shell)
 
+# Each part says when it finished, counted from the start of the parallel parts (TEST_START, seconds since the epoch,
+# set by `make test`; a part run alone counts from its own start).
+ifndef TEST_START
+TEST_START := $(shell date +%s)
+endif
+took = @echo "$(1): done $$(( $$(date +%s) - $(TEST_START) )) s after the start"
+
 # nbdev_test: the library notebooks (two workers), then the pipeline notebooks one at a time in a process each.
 test-nbdev: venv $(TEST_HOME)/.seeded
 	MLOPS_NB_HOME=$(TEST_HOME)/library-nbdev $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
 	$(LOCK_HOME) bash -c 'set -e; for nb in $(PIPELINE_NBS); do \
 	  MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 0 --do_print --path nbs/pipelines/$$nb.ipynb; done'
+	$(call took,test-nbdev)
 
 # nbval runs numbered copies (nbdev_clean blanks execution counts; see tests/nbval_prepare.py): strict on the
 # library notebooks (two workers, a kernel per notebook), lax with NBVAL_CHECK_OUTPUT cells on the pipeline
@@ -78,18 +86,21 @@ test-nbval: venv $(TEST_HOME)/.seeded
 	$(BIN)/python tests/nbval_prepare.py nbs .nbval/nbs
 	MLOPS_NB_HOME=$(TEST_HOME)/library-nbval $(NBVAL) -n 2 --dist loadfile --nbval .nbval/nbs/[0-9]*.ipynb
 	MLOPS_NB_HOME=$(TEST_HOME) $(LOCK_HOME) $(NBVAL) --nbval-lax $(PIPELINE_NBS:%=.nbval/nbs/pipelines/%.ipynb)
+	$(call took,test-nbval)
 
 # pytest-xdist: each test module runs in one worker (its module fixtures are built once), modules in parallel.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 test-pytest: venv
 	$(BIN)/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadscope tests --junitxml=test-results.xml $(PYTEST_ARGS)
+	$(call took,test-pytest)
 
 # check-sync first (it runs nbdev_export), then the three suites at once; each prints its output when it is done,
 # and all three run to the end even when one fails.
 test: check-sync
 	@echo "running test-nbdev, test-nbval and test-pytest in parallel; each prints its output when it finishes"
-	@$(MAKE) --no-print-directory -k -j3 --output-sync=target test-nbdev test-nbval test-pytest
+	@start=$$(date +%s); TEST_START=$$start $(MAKE) --no-print-directory -k -j3 --output-sync=target test-nbdev test-nbval test-pytest; \
+	rc=$$?; echo "make test: $$(( $$(date +%s) - start )) s for nbdev_test, nbval and pytest (run in parallel), exit $$rc"; exit $$rc
 
 # Re-run the library notebooks so their stored outputs (checked strictly by nbval) are current.
 notebooks: venv
