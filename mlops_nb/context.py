@@ -11,8 +11,9 @@ from .core import ParameterError, as_param, new_job_run_id, parse_bool
 from .config import ENVS, on_databricks
 
 # %% auto #0
-__all__ = ['STEP_PARAMS', 'get_dbutils', 'widget_value', 'resolve_param', 'param_problem', 'check_step_params', 'resolve_params',
-           'git_info', 'pipelines_dir', 'repo_root', 'commit_in_repo', 'RunContext', 'resolve_context']
+__all__ = ['MODEL_TYPES', 'STEP_PARAMS', 'get_dbutils', 'widget_value', 'resolve_param', 'param_problem', 'check_step_params',
+           'resolve_params', 'git_info', 'pipelines_dir', 'repo_root', 'commit_in_repo', 'RunContext',
+           'resolve_context']
 
 # %% ../nbs/02_context.ipynb #ce2aa0c2
 def get_dbutils():
@@ -54,6 +55,8 @@ def resolve_param(name:str,          # the parameter's name, also the widget's n
     return "", "missing"
 
 # %% ../nbs/02_context.ipynb #bcfa8ef2
+MODEL_TYPES = ("logreg", "hgb", "dummy")  # the model types training fits (`training.build_model`)
+
 def _whole(s:str, least:int) -> bool:
     try: return int(s) >= least
     except ValueError: return False
@@ -62,10 +65,6 @@ def _table_name(s:str) -> bool:
     parts = s.split(".")
     return len(parts) in (1, 3) and all(p.strip() and "/" not in p and p not in (".", "..") for p in parts)
 
-def _model_types() -> tuple:
-    from mlops_nb.training import MODEL_TYPES
-    return tuple(MODEL_TYPES)
-
 _PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
     "count": (lambda s: _whole(s, 1), lambda: "a whole number, 1 or more"),
     "version": (lambda s: _whole(s, 0), lambda: "a table version: a whole number, 0 or more, or nothing for the latest"),
@@ -73,7 +72,7 @@ _PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
     "table": (_table_name, lambda: "a table name: name or catalog.schema.name"),
     "name": (lambda s: s.strip() != "", lambda: "a column name"),
     "names": (lambda s: all(n.strip() for n in s.split(",")), lambda: "column names separated by commas"),
-    "model_type": (lambda s: s in _model_types(), lambda: f"one of {', '.join(_model_types())}"),
+    "model_type": (lambda s: s in MODEL_TYPES, lambda: f"one of {', '.join(MODEL_TYPES)}"),
 }
 
 # %% ../nbs/02_context.ipynb #6f5461c3

@@ -5,7 +5,7 @@
 # %% ../nbs/06_explore.ipynb #48975991
 from __future__ import annotations
 import numpy as np, pandas as pd
-from .training import Columns
+from .training_data import Columns
 
 # %% auto #0
 __all__ = ['eda_summary', 'eda_figures', 'explore_table']
@@ -61,7 +61,7 @@ def explore_table(ctx, cfg, table:str=None, version=None, label:str=None, keys=N
     "Log the EDA report of a table to the step's MLflow run; return the summary."
     import mlflow, matplotlib.pyplot as plt
     from mlops_nb.lakehouse import read_table
-    from mlops_nb.training import resolve_columns, check_training_data, split_list
+    from mlops_nb.training_data import resolve_columns, check_training_data, split_list
     from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     snap = read_table(table, version)

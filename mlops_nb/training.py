@@ -11,118 +11,12 @@ from .config import EnvConfig
 from .context import RunContext
 
 # %% auto #0
-__all__ = ['MODEL_TYPES', 'SKOPS_TRUSTED_TYPES', 'Columns', 'split_list', 'resolve_columns', 'label_problem', 'check_label',
-           'training_problems', 'check_training_data', 'holdout_mask', 'split_holdout', 'check_model_type',
-           'build_model', 'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult',
-           'train_candidate']
+__all__ = ['SKOPS_TRUSTED_TYPES', 'holdout_mask', 'split_holdout', 'check_model_type', 'build_model', 'positive_proba',
+           'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
 
-# %% ../nbs/07_training.ipynb #7ec74dc8
-@dataclass
-class Columns:
-    "The roles of a training table's columns."
-    label: str
-    keys: list
-    numeric: list
-    categorical: list
-
-    @property
-    def features(self) -> list: return self.numeric + self.categorical
-
-def split_list(value) -> list:
-    "A comma-separated parameter (or a list) as a list of names."
-    if isinstance(value, (list, tuple)): return [str(v) for v in value]
-    return [v.strip() for v in str(value or "").split(",") if v.strip()]
-
-def resolve_columns(df:pd.DataFrame, # the training (or scoring) data
-                    label:str,       # label column ('' when scoring)
-                    keys:list,       # key columns
-                    features:list=None, # feature columns; empty = all others
-                   ) -> Columns:
-    "Sort the columns of `df` into label, keys, numeric and categorical features; clear errors for missing ones."
-    missing = [c for c in ([label] if label else []) + list(keys) + list(features or []) if c not in df.columns]
-    if missing:
-        raise DataError(f"expected column(s) {', '.join(missing)} in the table; found {', '.join(map(str, df.columns))}. "
-                        f"Pass label=, keys= or features= to name the right ones")
-    feats = list(features) if features else [c for c in df.columns if c != label and c not in keys]
-    if not feats: raise DataError(f"no feature columns left once label {label!r} and keys {keys} are set aside")
-    numeric = [c for c in feats if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
-    return Columns(label, list(keys), numeric, [c for c in feats if c not in numeric])
-
-# %% ../nbs/07_training.ipynb #d621791a
-def label_problem(y:pd.Series) -> str|None:
-    "What keeps `y` from being a binary 0/1 label with both classes, in one line naming the values found; None when it is one."
-    if y.isna().any(): return f"label {y.name!r} has {int(y.isna().sum())} missing value(s); drop or fill them first"
-    values = pd.unique(y).tolist()
-    try: values = sorted(values)
-    except TypeError: values = sorted(values, key=str)
-    shown = f"{values[:10]}" + (f" and {len(values) - 10} more" if len(values) > 10 else "")
-    if not values: return f"label {y.name!r}: expected two classes (0 and 1), found no rows"
-    if len(values) == 1:
-        return (f"label {y.name!r}: expected two classes (0 and 1), found 1: {shown}; "
-                f"a model cannot learn to tell classes apart from one class")
-    if len(values) > 2:
-        return (f"label {y.name!r}: expected two classes (0 and 1), found {len(values)}: {shown}; a binary classifier "
-                f"needs exactly two: encode the positive class as 1 and every other value as 0")
-    if set(values) != {0, 1}: return f"label {y.name!r}: expected the values 0 and 1, found {values}; encode the positive class as 1"
-    return None
-
-def check_label(y:pd.Series) -> pd.Series:
-    "The label as int 0/1; a `DataError` naming what was found when it is not binary with both classes."
-    problem = label_problem(y)
-    if problem: raise DataError(problem)
-    return y.astype("int64")
-
-# %% ../nbs/07_training.ipynb #8c359d22
-def _string_numbers(s:pd.Series) -> str|None:
-    "A problem line when string column `s` holds numbers (more than 20 distinct values, at least half of them numbers)."
-    u = pd.Series(pd.unique(s.dropna()))
-    if len(u) <= 20: return None  # a few codes such as "1", "2", "3" are categories
-    num = pd.to_numeric(u, errors="coerce").notna()
-    if num.mean() < 0.5: return None
-    bad = u[~num].astype(str).tolist()
-    if not bad: return f"column {s.name}: numbers stored as strings ({len(u)} distinct values, all numbers); cast it to a number type"
-    return (f"column {s.name}: numbers stored as strings, and {len(bad)} distinct value(s) are not numbers "
-            f"({', '.join(repr(b) for b in bad[:3])}{', ...' if len(bad) > 3 else ''}); a model would take the column "
-            f"as categories and expect strings when it scores: cast it to a number type, with those values as null")
-
-# %% ../nbs/07_training.ipynb #2e6d4dfa
-def training_problems(df:pd.DataFrame,     # the training data
-                      cols:Columns,        # its label and feature columns (`resolve_columns`)
-                      model_type:str=None, # the model to fit; None: what no model type can take
-                     ) -> list:
-    "Every problem of the features and label of `df` that fitting would hit or hide, one line each naming its column."
-    if len(df) == 0: return ["it has no rows; write rows first"]
-    out = []
-    for c in cols.features:
-        s = df[c]
-        if s.isna().all():
-            out.append(f"column {c} has no values (all {len(s)} are null); fill it or leave it out of features="); continue
-        if c in cols.numeric:
-            x = s.to_numpy(dtype="float64", na_value=np.nan)
-            n_inf = int(np.isinf(x).sum())
-            if n_inf:
-                out.append(f"column {c} has {n_inf} infinite value(s), which no model type takes; replace them with null or a number")
-            elif model_type == "logreg":
-                with np.errstate(all="ignore"): var = np.nanvar(x)
-                if not np.isfinite(var):
-                    out.append(f"column {c}: values too large to scale (largest magnitude {np.nanmax(np.abs(x)):.3g}; their "
-                               f"variance overflows); rescale the column or use model_type=hgb")
-            continue
-        kind = pd.api.types.infer_dtype(s, skipna=True)
-        if kind not in ("string", "boolean", "categorical"):
-            out.append(f"column {c}: expected numbers, strings or booleans, found {kind} values; cast it or leave it out of features=")
-        elif kind == "string" and (p := _string_numbers(s)): out.append(p)
-    if cols.label and (p := label_problem(df[cols.label])): out.append(p)
-    return out
-
-def check_training_data(df:pd.DataFrame, cols:Columns, model_type:str=None,
-                        what:str="the table", # for the message, e.g. "table dev.s.t@3"
-                       ):
-    "Raise one `DataError` listing every problem `training_problems` finds."
-    problems = training_problems(df, cols, model_type)
-    if problems:
-        raise DataError(f"{what} cannot be trained on: " + "; ".join(problems)
-                        + ". Fix the data, or choose other columns with label= or features=; no model was trained or registered.")
+# %% ../nbs/07_training.ipynb #092c213c
+from .context import MODEL_TYPES
+from .training_data import Columns, split_list, resolve_columns, check_label, check_training_data
 
 # %% ../nbs/07_training.ipynb #6dec19dd
 def holdout_mask(df:pd.DataFrame, keys:list, fraction:float, seed:int) -> np.ndarray:
@@ -138,8 +32,6 @@ def split_holdout(df:pd.DataFrame, keys:list, fraction:float=0.2, seed:int=42) -
     return df[~m], df[m]
 
 # %% ../nbs/07_training.ipynb #b3658260
-MODEL_TYPES = ("logreg", "hgb", "dummy")
-
 def check_model_type(model_type:str) -> str:
     "`model_type` if known, else a `ParameterError` listing the known ones."
     if model_type not in MODEL_TYPES:

@@ -8,7 +8,8 @@ import numpy as np, pandas as pd
 from dataclasses import dataclass, field, asdict
 from .core import RegistryError, DataError
 from .config import EnvConfig
-from .training import holdout_mask, positive_proba, split_list
+from .training import holdout_mask, positive_proba
+from .training_data import split_list
 
 # %% auto #0
 __all__ = ['LINEAGE_TAGS', 'Check', 'check_metadata', 'check_compliance', 'check_predictions', 'check_min_auc', 'slice_aucs',
