@@ -146,7 +146,9 @@ def test_a_kill_at_each_stage_of_a_run_leaves_no_running_run_after_the_next_comm
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_signal_stops_the_step_cleanly_and_a_refused_command_names_the_lock_holder(lab, sig):
     before = runs_folder(lab)
-    proc = start(lab, "run", "--steps", "train", *LOGREG)
+    # the step pauses once its run is RUNNING, holding the env's lock, until the signal comes: a quick train could
+    # otherwise end (and free the lock) between the checks below
+    proc = start(lab, "run", "--steps", "train", *LOGREG, env={"MLOPS_NB_FAILPOINT": "start_step_run.after_start=sleep:120"})
     job, run = wait_for_step_run(lab, proc, "train", before)
     if sig == "SIGTERM":  # while it runs, the env is locked: a second command is refused, names the holder, writes nothing
         r = lab.cli("run", "--steps", "explore")
