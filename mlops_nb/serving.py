@@ -37,7 +37,7 @@ class LoadedModel:
 def load_champion(cfg:EnvConfig) -> LoadedModel:
     "The env's champion, loaded with `mlflow.pyfunc`, and its lineage."
     import mlflow
-    from mlops_nb.config import configure_mlflow, require_store
+    from mlops_nb.mlflow_store import configure_mlflow, require_store
     from mlops_nb.registry import champion_of
     from mlops_nb.scoring import model_inputs
     from mlops_nb.training import positive_proba

@@ -51,7 +51,7 @@ def evaluate(env: str, n_boot: int = 200, **overrides):
 def client():
     "An MlflowClient on the home in force."
     import mlflow
-    from mlops_nb.config import tracking_uri
+    from mlops_nb.mlflow_store import tracking_uri
     return mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
 
 
