@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from fastcore.basics import patch
 from .core import ConfigError, MlopsNbError, env_vars
+from .variables import CONFIG, HOME
 
 # %% auto #0
 __all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'setting_problem', 'check_settings',
@@ -30,7 +31,7 @@ def project_root(start=None, # a file or folder; default the working directory
 
 def home_source() -> tuple[Path, str]:
     "The local home and how it was chosen: `$MLOPS_NB_HOME`, else `.mlops` at the repository root, else `./.mlops`."
-    if os.environ.get("MLOPS_NB_HOME"): return Path(os.environ["MLOPS_NB_HOME"]).expanduser().resolve(), "MLOPS_NB_HOME"
+    if HOME.is_set: return Path(HOME.get()).expanduser().resolve(), HOME.name
     notebook = os.environ.get("JPY_SESSION_NAME")  # the notebook a Jupyter kernel runs, when Jupyter says
     for start in ([notebook] if notebook and Path(notebook).exists() else []) + [os.getcwd()]:
         if (root := project_root(start)) is not None: return root/".mlops", f"the root of the repository {root}"
@@ -160,7 +161,7 @@ def setting_problem(name:str, value) -> str:
 def _setting_origin(env:str, name:str, overrides:dict) -> str:
     "Where the value of setting `name` came from, for an error message."
     if name in overrides: return "a load_config argument"
-    path = os.environ.get("MLOPS_NB_CONFIG", "")
+    path = CONFIG.get()
     table = env if name in tomllib.loads(Path(path).read_text()).get(env, {}) else "all"
     return f"[{table}] of {path}"
 
@@ -180,7 +181,7 @@ _ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "require_approval": True, "num_workers
 
 def overrides_for(env:str) -> dict:
     "The settings of `env` the TOML file at `$MLOPS_NB_CONFIG` sets (its `[all]` table, then `[env]`), or {}."
-    path = os.environ.get("MLOPS_NB_CONFIG")
+    path = CONFIG.get()
     if not path: return {}
     p = Path(path)
     if not p.is_file(): raise ConfigError(f"MLOPS_NB_CONFIG names {p}, which is not a file; point it at a TOML file or unset it")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses, logging, os
 from pathlib import Path
 from .core import MlopsNbError, ServiceError, env_vars
+from .variables import CONFIG
 from .config import EnvConfig, home_source, mlops_home, on_databricks
 
 # %% auto #0
@@ -111,7 +112,7 @@ def describe_env(cfg:EnvConfig) -> dict:
     d.update(registered_model=cfg.registered_model, experiment=cfg.experiment_name,
              tables={k: cfg.qualify(getattr(cfg, k)) for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table")},
              on_databricks=on_databricks(), tracking_uri=redact_uri(tracking_uri()), registry_uri=redact_uri(registry_uri()),
-             mlops_home=str(mlops_home()), config_file=os.environ.get("MLOPS_NB_CONFIG", ""))
+             mlops_home=str(mlops_home()), config_file=CONFIG.get())
     for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table"): d.pop(k)
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))
                     and any(w in k for w in _SECRET_WORDS)}
