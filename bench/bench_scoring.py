@@ -72,7 +72,8 @@ def write_scoring_table(cfg, rows: int, chunk: int = 500_000) -> str:
 def in_process(table: str, out: str) -> dict:
     "The limit: pyarrow read, predict_proba, pyarrow write, in this one process."
     import mlflow, numpy as np, pyarrow as pa, pyarrow.parquet as pq
-    from mlops_nb.config import load_config, configure_mlflow
+    from mlops_nb.config import load_config
+    from mlops_nb.mlflow_store import configure_mlflow
     from mlops_nb.lakehouse import open_delta
     cfg = load_config("dev"); configure_mlflow(cfg)
     from mlops_nb.pyfunc_model import sklearn_estimator

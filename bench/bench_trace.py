@@ -36,7 +36,8 @@ def main():
         import mlflow, logging
         logging.getLogger("mlflow").setLevel(logging.ERROR)
         from mlops_nb.lineage import trace
-        from mlops_nb.config import load_config, configure_mlflow
+        from mlops_nb.config import load_config
+        from mlops_nb.mlflow_store import configure_mlflow
         configure_mlflow(load_config("dev"))
         one = best_of(3, lambda: trace(f"models:/{name}/1"))
         source = mlflow.MlflowClient().get_model_version(name, "1").source

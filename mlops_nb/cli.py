@@ -15,7 +15,8 @@ __all__ = ['ENV_CHOICES', 'cmd_env', 'cmd_demo_data', 'cmd_run', 'command', 'jso
 # %% ../nbs/11_cli.ipynb #53bcdadb
 def cmd_env(a) -> int:
     "Print the resolved settings of an env (never a secret)."
-    from mlops_nb.config import load_config, describe_env
+    from mlops_nb.config import load_config
+    from mlops_nb.mlflow_store import describe_env
     d = describe_env(load_config(a.env))
     if a.json: print(json.dumps(d, indent=2))
     else:

@@ -8,9 +8,9 @@ import contextlib, datetime as _dt, os, secrets, sys
 
 # %% auto #0
 __all__ = ['PROCESS_TAG', 'RUNNER_TAG', 'FAILPOINT_ENV', 'FAILPOINTS', 'MlopsNbError', 'ConfigError', 'ParameterError',
-           'DataError', 'RegistryError', 'DeploymentError', 'StepFailed', 'utc_now', 'new_job_run_id', 'as_param',
-           'parse_bool', 'env_vars', 'process_token', 'process_alive', 'process_tags', 'failpoint', 'exit_process',
-           'short_error']
+           'DataError', 'RegistryError', 'DeploymentError', 'StepFailed', 'ServiceError', 'utc_now', 'new_job_run_id',
+           'as_param', 'parse_bool', 'env_vars', 'process_token', 'process_alive', 'process_tags', 'failpoint',
+           'exit_process', 'short_error']
 
 # %% ../nbs/00_core.ipynb #91a0f19c
 class MlopsNbError(Exception):
@@ -36,6 +36,9 @@ class DeploymentError(MlopsNbError):
 
 class StepFailed(MlopsNbError):
     "A pipeline notebook that failed while it ran."
+
+class ServiceError(MlopsNbError):
+    "A service the command needs (the MLflow tracking server, ...) that does not answer."
 
 # %% ../nbs/00_core.ipynb #02885ef9
 def utc_now() -> str:

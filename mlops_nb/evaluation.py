@@ -117,11 +117,12 @@ def evaluate_candidates(ctx:RunContext, # the run this step belongs to
     "Validate the candidates, compare the best with the champion and promote it (or stop at challenger) by the env's rule."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
+    from mlops_nb.mlflow_store import configure_mlflow
     n_boot = check_n_boot(n_boot if n_boot not in (None, "") else cfg.n_boot)
     run = start_step_run(ctx, cfg, {"min_auc": cfg.min_auc, "promote_win_rate": cfg.promote_win_rate, "baseline_auc": cfg.baseline_auc,
                                     "n_boot": n_boot, "seed": cfg.seed, "require_approval": cfg.require_approval,
                                     "slice_floors": json.dumps(cfg.slice_floors), "required_tags": ",".join(cfg.required_tags)})
-    client, name = mlflow.MlflowClient(), cfg.registered_model
+    client, name = configure_mlflow(cfg), cfg.registered_model
     champ = get_alias(client, name, "champion")
     dec = Decision(name, rule_of(cfg, n_boot), champion_before=str(champ.version) if champ else None, mlflow_run_id=run.info.run_id)
     vals = _validate_all(client, cfg, dec, run.info.run_id)

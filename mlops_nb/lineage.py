@@ -7,7 +7,8 @@ from __future__ import annotations
 import json, re
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
-from .config import load_config, configure_mlflow, on_databricks, require_store, store_description
+from .config import load_config, on_databricks
+from .mlflow_store import configure_mlflow, require_store, store_description
 from .context import repo_root, commit_in_repo
 from .registry import get_version
 
@@ -191,8 +192,7 @@ def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or
     import mlflow
     cfg = load_config(env)
     require_store()
-    configure_mlflow(cfg)
-    client, target = mlflow.MlflowClient(), (target or "").strip()
+    client, target = configure_mlflow(cfg), (target or "").strip()
     res = resolve_target(client, cfg, target)
     mv = res["version"]
     rid = (mv.run_id if mv is not None else None) or res["train_run_id"]

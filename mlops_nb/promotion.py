@@ -6,7 +6,8 @@
 from __future__ import annotations
 import json
 from .core import RegistryError, ParameterError
-from .config import EnvConfig, load_config, configure_mlflow, require_store, store_description
+from .config import EnvConfig, load_config
+from .mlflow_store import configure_mlflow, require_store, store_description
 from .registry import get_alias, champion_history, champion_stack, history_table, move_champion, reconcile_champion
 
 # %% auto #0
@@ -45,8 +46,7 @@ def promote(cfg:EnvConfig,    # the env's settings
     "Move `champion` to the challenger (or `version`) as a recorded manual approval; return the history row."
     import mlflow
     require_store()
-    configure_mlflow(cfg)
-    client, name = mlflow.MlflowClient(), cfg.registered_model
+    client, name = configure_mlflow(cfg), cfg.registered_model
     reconcile_champion(cfg, client)
     chall = get_alias(client, name, "challenger")
     if version in (None, ""):
@@ -85,8 +85,7 @@ def rollback(cfg:EnvConfig,          # the env's settings
     "Move `champion` back to `version`, the version of `mlflow_run_id`, or the previous champion; return the history row."
     import mlflow
     require_store()
-    configure_mlflow(cfg)
-    client, name = mlflow.MlflowClient(), cfg.registered_model
+    client, name = configure_mlflow(cfg), cfg.registered_model
     reconcile_champion(cfg, client)
     if version not in (None, "") and mlflow_run_id: raise ParameterError("rollback: pass --version or --mlflow-run-id, not both")
     champ = get_alias(client, name, "champion")

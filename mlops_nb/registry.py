@@ -7,7 +7,8 @@ from __future__ import annotations
 import getpass, os
 import pandas as pd
 from .core import RegistryError, short_error, utc_now
-from .config import EnvConfig, store_description
+from .config import EnvConfig
+from .mlflow_store import configure_mlflow, store_description
 
 # %% auto #0
 __all__ = ['HISTORY_COLUMNS', 'get_alias', 'get_version', 'champion_of', 'find_candidates', 'current_user', 'history_table',
@@ -96,7 +97,7 @@ def reconcile_champion(cfg:EnvConfig, client=None) -> dict|None:
     from mlflow.exceptions import MlflowException
     hist = champion_history(cfg)
     if not hist: return None
-    client, row, name = client or mlflow.MlflowClient(), hist[-1], cfg.registered_model
+    client, row, name = client or configure_mlflow(cfg), hist[-1], cfg.registered_model
     try: mv = client.get_model_version(name, str(row["to_version"]))
     except MlflowException: return None  # the version was deleted since: nothing to complete
     if mv.tags.get("champion_seq") == str(row["seq"]): return None

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, new_job_run_id, process_token, short_error
-from .config import load_config, configure_mlflow, mlops_home, require_store, store_description
+from .config import load_config, mlops_home
+from .mlflow_store import configure_mlflow, require_store, store_description
 
 # %% auto #0
 __all__ = ['TRAIN_PARAMS', 'training_run', 'check_reproducible', 'read_recorded_data', 'git_worktree', 'run_training_notebook',
@@ -85,22 +86,15 @@ def git_worktree(repo, # the git repository
         git("worktree", "prune")
 
 # %% ../nbs/13_reproduce.ipynb #dbcfcb39
-def _kernel_spec(folder:Path, env:dict) -> str:
-    "A kernel spec under `folder` on this Python with extra environment `env`; return its name."
-    from mlops_nb.runner import kernel_argv  # ipykernel that dies with this process
-    d = folder/"kernels"/"mlops-nb-reproduce"
-    d.mkdir(parents=True, exist_ok=True)
-    (d/"kernel.json").write_text(json.dumps({"argv": kernel_argv(), "display_name": "mlops-nb reproduce", "language": "python", "env": env}))
-    return "mlops-nb-reproduce"
-
 def _config_file(path:Path, env:str, params:dict) -> Path:
     "A config file with the env's overrides and the run's recorded seed, held-out fraction and threshold."
-    from mlops_nb.config import _overrides
-    vals = {**_overrides(env), **{k: (int if k == "seed" else float)(params[k])
-                                  for k in ("seed", "holdout_fraction", "decision_threshold") if k in params}}
-    path.write_text(f"[{env}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in vals.items()))
+    from mlops_nb.config import overrides_for, overrides_toml
+    vals = {**overrides_for(env), **{k: (int if k == "seed" else float)(params[k])
+                                     for k in ("seed", "holdout_fraction", "decision_threshold") if k in params}}
+    path.write_text(overrides_toml(env, vals))
     return path
 
+# %% ../nbs/13_reproduce.ipynb #b58923da
 def run_training_notebook(worktree:Path, # the commit's worktree
                           run,           # the original MLflow run
                           job_run_id:str, # the reproduction's job run id
@@ -108,6 +102,7 @@ def run_training_notebook(worktree:Path, # the commit's worktree
                          ) -> str|None:
     "Run the worktree's train notebook with the run's recorded parameters; return the error, or None."
     import papermill as pm
+    from mlops_nb.kernels import kernel_spec  # ipykernel on this Python that dies with this process
     nb = worktree/"nbs"/"pipelines"/"train.ipynb"
     if "register" not in pm.inspect_notebook(str(nb)):
         raise MlopsNbError(f"commit {run.data.tags['GIT_SHA'][:12]} predates reproducible training: its train notebook has no "
@@ -115,22 +110,16 @@ def run_training_notebook(worktree:Path, # the commit's worktree
     env, t, p = run.data.tags.get("env", "dev"), run.data.tags, run.data.params
     inject = {"env": env, "job_id": "reproduce", "run_id": job_run_id, "task_key": t.get("task_key") or "train",
               "git_sha": t["GIT_SHA"], "git_dirty": "false", "register": "false", **{k: p[k] for k in TRAIN_PARAMS}}
-    kdir = worktree.parent/"jupyter"
     kenv = {"PYTHONPATH": os.pathsep.join([str(worktree)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]),
             "MLOPS_NB_CONFIG": str(_config_file(worktree.parent/"config.toml", env, p)),
             "MLOPS_NB_HOME": str(mlops_home()),  # the original store, not a new one at the worktree's root
             "MLOPS_NB_RUNNER": process_token()}  # its run records this process: ended by the next run if we are killed
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = os.pathsep.join([str(kdir)] + ([old] if old else []))
     try:
-        pm.execute_notebook(str(nb), str(out), parameters=inject, kernel_name=_kernel_spec(kdir, kenv),
-                            progress_bar=False, cwd=str(nb.parent))
+        with kernel_spec(worktree.parent/"jupyter", "mlops-nb-reproduce", kenv, "mlops-nb reproduce") as kernel:
+            pm.execute_notebook(str(nb), str(out), parameters=inject, kernel_name=kernel, progress_bar=False, cwd=str(nb.parent))
         return None
     except pm.PapermillExecutionError as e: return f"the train notebook of commit {t['GIT_SHA'][:12]} failed: {e.ename}: {e.evalue}"
     except Exception as e: return f"the train notebook of commit {t['GIT_SHA'][:12]} could not run: {type(e).__name__}: {e}"
-    finally:
-        if old is None: os.environ.pop("JUPYTER_PATH", None)
-        else: os.environ["JUPYTER_PATH"] = old
 
 # %% ../nbs/13_reproduce.ipynb #f86aeb35
 def compare_metrics(a:dict, b:dict) -> dict:
@@ -143,8 +132,8 @@ def compare_metrics(a:dict, b:dict) -> dict:
 
 def model_uri_of(run) -> str|None:
     "The URI of the model a run logged (`models:/<model id>`), or None."
-    from mlops_nb.lineage import logged_model
-    mid = logged_model(run)
+    from mlops_nb.tracking import logged_model_id
+    mid = logged_model_id(run)
     return f"models:/{mid}" if mid else None
 
 def holdout_prediction_diff(uri_a:str, uri_b:str, snap, params:dict) -> tuple[float, int]:
@@ -220,36 +209,17 @@ def _results(rep:Reproduction, client, orig, new, snap, tolerance:float):
     if rep.max_abs_prediction_diff > tolerance:
         rep.differences["results"].append(f"predictions on {rep.holdout_rows} held-out rows differ by up to {rep.max_abs_prediction_diff:.3g}")
 
-def reproduce(run_id:str,          # the MLflow run id of a train step
-              repo=None,           # the git repository holding the commit; default the pipeline notebooks'
-              tolerance:float=0.0, # largest absolute difference of a metric or prediction that still matches
-             ) -> Reproduction:
-    "Re-run a training run from its commit, parameters and table version; compare metrics and predictions."
-    import mlflow
-    from mlops_nb.context import repo_root
+# %% ../nbs/13_reproduce.ipynb #472f8d92
+def _rerun(rep:Reproduction, client, cfg, orig, repo, snap, tolerance:float):
+    "Re-run the train notebook of run `orig` at its commit in a worktree; fill `rep` with what differs; return the new run, or None."
     from mlops_nb.runner import find_step_run
-    t0 = time.monotonic()
-    require_store()
-    configure_mlflow(load_config("dev"))  # the tracking server; the run's own env comes from its tags
-    client = mlflow.MlflowClient()
-    orig = training_run(client, (run_id or "").strip())
-    env = orig.data.tags.get("env", "dev")
-    cfg = load_config(env)
-    configure_mlflow(cfg)
-    repo = Path(repo).resolve() if repo else repo_root()
-    rep = Reproduction(orig.info.run_id, check_reproducible(orig, repo), env, tolerance=tolerance)
-    snap, problems = read_recorded_data(orig)
-    rep.differences["data"] += problems
-    if problems:
-        rep.seconds = round(time.monotonic() - t0, 1)
-        return rep
     job_run_id = new_job_run_id("reproduce")
     out = mlops_home()/"runs"/job_run_id/"train.ipynb"
     out.parent.mkdir(parents=True, exist_ok=True)
     with git_worktree(repo, rep.git_sha) as wt:
         error = run_training_notebook(wt, orig, job_run_id, out)
         configure_mlflow(cfg)
-        new = find_step_run(cfg, job_run_id, orig.data.tags.get("task_key") or "train")
+        new = find_step_run(client, cfg, job_run_id, orig.data.tags.get("task_key") or "train")
         if new is not None:
             rep.reproduced_run_id = new.info.run_id
             new = client.get_run(new.info.run_id)
@@ -261,6 +231,27 @@ def reproduce(run_id:str,          # the MLflow run id of a train step
         if out.is_file(): client.log_artifact(new.info.run_id, str(out), "notebooks")
         if new.info.status == "RUNNING": client.set_terminated(new.info.run_id, "FAILED" if error else "FINISHED")
         if not error: _results(rep, client, orig, new, snap, tolerance)
+    return new
+
+# %% ../nbs/13_reproduce.ipynb #255fcf57
+def reproduce(run_id:str,          # the MLflow run id of a train step
+              repo=None,           # the git repository holding the commit; default the pipeline notebooks'
+              tolerance:float=0.0, # largest absolute difference of a metric or prediction that still matches
+             ) -> Reproduction:
+    "Re-run a training run from its commit, parameters and table version; compare metrics and predictions."
+    from mlops_nb.context import repo_root
+    t0 = time.monotonic()
+    require_store()
+    client = configure_mlflow(load_config("dev"))  # the tracking server; the run's own env comes from its tags
+    orig = training_run(client, (run_id or "").strip())
+    env = orig.data.tags.get("env", "dev")
+    cfg = load_config(env)
+    configure_mlflow(cfg)
+    repo = Path(repo).resolve() if repo else repo_root()
+    rep = Reproduction(orig.info.run_id, check_reproducible(orig, repo), env, tolerance=tolerance)
+    snap, problems = read_recorded_data(orig)
+    rep.differences["data"] += problems
+    new = None if problems else _rerun(rep, client, cfg, orig, repo, snap, tolerance)
     rep.matches = not rep.differences["results"] and not rep.differences["code"] and not rep.differences["data"]
     rep.seconds = round(time.monotonic() - t0, 1)
     if new is not None:

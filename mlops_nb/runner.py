@@ -8,14 +8,15 @@ import contextlib, json, os, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, StepFailed, new_job_run_id
-from .config import EnvConfig, load_config, mlops_home, configure_mlflow
-from .context import git_info, pipelines_dir
+from .config import EnvConfig, load_config, mlops_home
+from .mlflow_store import configure_mlflow
+from .context import RunContext, git_info, pipelines_dir
 from .tracking import locked_env
+from .kernels import kernel_spec, stop_kernels, stop_on_signals
 
 # %% auto #0
-__all__ = ['STEPS', 'CONTEXT_PARAMS', 'KERNEL_PRELUDE', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
-           'check_params', 'StepResult', 'JobRun', 'find_step_run', 'kernel_argv', 'run_step', 'run_pipeline',
-           'format_summary']
+__all__ = ['STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters', 'check_params',
+           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'run_step', 'run_pipeline', 'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
@@ -57,7 +58,7 @@ def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     "The parameters for each step {step: {name: value}}; errors for unknown names, bad values, missing tables."
     from mlops_nb.training import check_model_type
     from mlops_nb.lakehouse import open_delta, table_exists
-    from mlops_nb.config import check_tracking_server
+    from mlops_nb.mlflow_store import check_tracking_server
     check_tracking_server()   # a dead MLflow server (MLFLOW_TRACKING_URI) fails here, in seconds, before any step
     declared = {s: step_parameters(s) for s in steps}
     unknown = [k for k in params if not any(k in d for d in declared.values())]
@@ -108,67 +109,20 @@ class JobRun:
 
     def to_dict(self) -> dict: return asdict(self)
 
-def _kernel_name() -> str:
-    "A kernel spec on this very Python and this home, so notebooks import the same mlops_nb and use the same store."
-    d = mlops_home()/"jupyter"/"kernels"/"mlops-nb"
-    d.mkdir(parents=True, exist_ok=True)
-    spec = {"argv": kernel_argv(), "display_name": "mlops-nb", "language": "python",
-            "env": {"MLOPS_NB_HOME": str(mlops_home())}}  # the home resolved here, whatever the kernel's folder
-    if not (d/"kernel.json").is_file() or json.loads((d/"kernel.json").read_text()) != spec:
-        (d/"kernel.json").write_text(json.dumps(spec))
-    paths = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
-    top = str(mlops_home()/"jupyter")
-    if top not in paths: os.environ["JUPYTER_PATH"] = os.pathsep.join([top] + [p for p in paths if p])
-    return "mlops-nb"
+# %% ../nbs/10_runner.ipynb #c38f49cd
+def step_context(job:JobRun, step:str) -> RunContext:
+    "The run context of `step` in `job`: the parameters its notebook is given, and what a run started for it records."
+    from mlops_nb.context import resolve_context
+    return resolve_context(env=job.env, job_id=job.job_id, run_id=job.job_run_id, task_key=step, git_sha=job.git_sha,
+                           git_dirty="true" if job.git_dirty else "false", cwd=pipelines_dir())
 
-def find_step_run(cfg:EnvConfig, job_run_id:str, step:str):
+def find_step_run(client, cfg:EnvConfig, job_run_id:str, step:str):
     "The MLflow run of `step` in job run `job_run_id`, or None when the step never started one."
-    import mlflow
-    exp = mlflow.MlflowClient().get_experiment_by_name(cfg.experiment_name)
+    exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None: return None
-    runs = mlflow.MlflowClient().search_runs([exp.experiment_id], f"tags.DBR_RUN_ID = '{job_run_id}' and tags.task_key = '{step}'",
-                                             order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs([exp.experiment_id], f"tags.DBR_RUN_ID = '{job_run_id}' and tags.task_key = '{step}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
-
-# %% ../nbs/10_runner.ipynb #e3857701
-KERNEL_PRELUDE = """import ctypes, os, signal, sys
-try: ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the parent
-except Exception: pass
-if os.environ.get('JPY_PARENT_PID', '').isdigit() and os.getppid() != int(os.environ['JPY_PARENT_PID']): os._exit(1)
-if sys.path and sys.path[0] == '': del sys.path[0]
-from ipykernel import kernelapp
-kernelapp.launch_new_instance()
-"""
-
-def kernel_argv() -> list:
-    "The command of a step's kernel: ipykernel on this very Python, set to die with the process that starts it."
-    return [sys.executable, "-c", KERNEL_PRELUDE, "--log-level=ERROR", "-f", "{connection_file}"]
-
-def _stop_kernels():
-    "Kill this process's kernel children (an interrupted papermill call leaves its kernel running) and reap them."
-    import signal
-    me = str(os.getpid())
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            if (d/"stat").read_text().rsplit(")", 1)[1].split()[1] != me or b"ipykernel" not in (d/"cmdline").read_bytes(): continue
-            os.kill(int(d.name), signal.SIGKILL)
-            os.waitpid(int(d.name), 0)
-        except (OSError, IndexError, ValueError): continue
-
-@contextlib.contextmanager
-def _stop_on_signals():
-    "While steps run, SIGTERM (like SIGINT) raises KeyboardInterrupt naming the signal, so both stop the step cleanly."
-    import signal, threading
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    def stop(signum, frame):
-        _stop_kernels()  # first, so the kernel runs no further and has nothing to say about it
-        raise KeyboardInterrupt(signal.Signals(signum).name)
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    try: yield
-    finally:
-        for s, h in old.items(): signal.signal(s, h)
 
 # %% ../nbs/10_runner.ipynb #51742a62
 def _sentence(s:str) -> str:
@@ -176,26 +130,22 @@ def _sentence(s:str) -> str:
     s = str(s).rstrip()
     return s if s.endswith((".", "!", "?")) else s + "."
 
-def run_step(step:str, job:JobRun, params:dict, out_dir:Path) -> StepResult:
-    "Run one step's notebook with papermill; log the executed notebook to its MLflow run."
-    import papermill as pm, mlflow
-    from mlops_nb.config import load_config
-    cfg = load_config(job.env)
-    res = StepResult(step, output_notebook=str(out_dir/f"{step}.ipynb"))
-    inject = {"env": job.env, "job_id": job.job_id, "run_id": job.job_run_id, "task_key": step,
-              "git_sha": job.git_sha, "git_dirty": "true" if job.git_dirty else "false", **params}
+def _execute_step(step:str, inject:dict, res:StepResult) -> StepResult:
+    "Run the notebook of `step` with papermill in the runner's kernel; fill in `res`: status, error, seconds."
+    import papermill as pm
     t0 = time.monotonic()
     try:
-        pm.execute_notebook(str(step_notebook(step)), res.output_notebook, parameters=inject,
-                            kernel_name=_kernel_name(), progress_bar=False, cwd=str(step_notebook(step).parent))
+        with kernel_spec(mlops_home()/"jupyter", "mlops-nb", {"MLOPS_NB_HOME": str(mlops_home())}) as kernel:
+            pm.execute_notebook(str(step_notebook(step)), res.output_notebook, parameters=inject,
+                                kernel_name=kernel, progress_bar=False, cwd=str(step_notebook(step).parent))
         res.status = "SUCCEEDED"
     except pm.PapermillExecutionError as e:
         res.status = "FAILED"
         first = next((l for l in (e.source or "").splitlines() if l.strip() and not l.startswith("#")), "")
         res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] `{first[:80]}` "
                      f"raised {e.ename}: {_sentence(e.evalue)} Partly executed notebook: {res.output_notebook}")
-    except KeyboardInterrupt as e:  # SIGINT or SIGTERM of the runner (`_stop_on_signals`): stop the step's kernel now
-        _stop_kernels()
+    except KeyboardInterrupt as e:  # SIGINT or SIGTERM of the runner (`stop_on_signals`): stop the step's kernel now
+        stop_kernels()
         res.status = "FAILED"
         res.error = (f"step {step} stopped: mlops-nb run was interrupted ({e.args[0] if e.args else 'SIGINT'}); its MLflow "
                      f"run ended FAILED. Partly executed notebook: {res.output_notebook}")
@@ -203,26 +153,38 @@ def run_step(step:str, job:JobRun, params:dict, out_dir:Path) -> StepResult:
         res.status = "FAILED"
         res.error = f"step {step} failed: notebook {step_notebook(step).name} could not run: {type(e).__name__}: {_sentence(str(e))} Partly executed notebook: {res.output_notebook}"
     res.seconds = round(time.monotonic() - t0, 1)
-    configure_mlflow(cfg)
-    run = find_step_run(cfg, job.job_run_id, step)
+    return res
+
+# %% ../nbs/10_runner.ipynb #017215d3
+def _log_step(client, cfg:EnvConfig, ctx:RunContext, params:dict, res:StepResult) -> StepResult:
+    "Log the executed notebook (and the error) to the step's MLflow run, started here when the step failed before it did."
+    import mlflow
+    run = find_step_run(client, cfg, ctx.run_id, ctx.task_key)
     if run is None and res.status == "FAILED":
         # It failed before it started its MLflow run (a bad value, a one-class label): start that run now, so the
         # failure, its lineage and the partial notebook are in MLflow like any other step's.
-        from mlops_nb.context import resolve_context
         from mlops_nb.tracking import start_step_run
-        ctx = resolve_context(**{k: inject[k] for k in CONTEXT_PARAMS}, cwd=pipelines_dir())
         run = start_step_run(ctx, cfg, params)
         mlflow.end_run("FAILED")
-        run = mlflow.MlflowClient().get_run(run.info.run_id)
+        run = client.get_run(run.info.run_id)
     if run is not None:
         res.mlflow_run_id = run.info.run_id
         res.outputs = {k[len("output."):]: v for k, v in run.data.tags.items() if k.startswith("output.")}
-        client = mlflow.MlflowClient()
         if Path(res.output_notebook).is_file(): client.log_artifact(run.info.run_id, res.output_notebook, "notebooks")
         if res.status == "FAILED": client.set_tag(run.info.run_id, "error", res.error[:5000])
         if res.status == "FAILED" or run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "FAILED" if res.status == "FAILED" else "FINISHED")
     return res
+
+def run_step(step:str, job:JobRun, params:dict, out_dir:Path,
+             cfg:EnvConfig=None, # the env's settings; default: loaded for `job.env`
+            ) -> StepResult:
+    "Run one step's notebook with papermill; log the executed notebook to its MLflow run."
+    cfg = cfg or load_config(job.env)
+    ctx = step_context(job, step)
+    res = _execute_step(step, {**{k: getattr(ctx, k) for k in CONTEXT_PARAMS}, **params},
+                        StepResult(step, output_notebook=str(out_dir/f"{step}.ipynb")))
+    return _log_step(configure_mlflow(cfg), cfg, ctx, params, res)
 
 # %% ../nbs/10_runner.ipynb #5eb1ed87
 def _progress(msg:str, quiet:bool=False):
@@ -244,16 +206,16 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
     out_dir = mlops_home()/"runs"/job.job_run_id
     t0 = time.monotonic()
     from mlops_nb.core import env_vars, process_token
-    with locked_env(env), _stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
+    with locked_env(env), stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the lock is ours: a refused run writes nothing
         _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
         for i, s in enumerate(job.steps, 1):
             _progress(f"[{i}/{len(steps)}] {s.name} ...", quiet)
-            job.steps[i-1] = s = run_step(s.name, job, per_step[s.name], out_dir)
+            job.steps[i-1] = s = run_step(s.name, job, per_step[s.name], out_dir, cfg)
             _progress(f"[{i}/{len(steps)}] {s.name} {s.status.lower()} in {s.seconds:.1f}s", quiet)
             if s.status == "FAILED": break
     job.seconds = round(time.monotonic() - t0, 1)
-    _summarise(job, cfg)
+    _summarise(job, cfg, configure_mlflow(cfg))
     (out_dir/"summary.json").write_text(json.dumps(job.to_dict(), indent=2))
     if job.status == "FAILED":
         err = StepFailed(next(s.error for s in job.steps if s.status == "FAILED"))
@@ -261,16 +223,16 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
         raise err
     return job
 
-def _summarise(job:JobRun, cfg:EnvConfig):
+# %% ../nbs/10_runner.ipynb #fb0f49bb
+def _summarise(job:JobRun, cfg:EnvConfig, client):
     "Fill the job's status, model, champion and predictions from the steps' outputs and the registry."
-    import mlflow
     from mlops_nb.registry import get_alias
     job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
     out = {s.name: s for s in job.steps}
     if "train" in out and out["train"].outputs.get("model_version"):
         t = out["train"]
         job.model = {"name": t.outputs["model_name"], "version": t.outputs["model_version"], "mlflow_run_id": t.mlflow_run_id}
-    champ = get_alias(mlflow.MlflowClient(), cfg.registered_model, "champion")
+    champ = get_alias(client, cfg.registered_model, "champion")
     job.champion = {"name": cfg.registered_model, "version": str(champ.version) if champ else None}
     if "score" in out and out["score"].outputs.get("predictions_version"):
         o = out["score"].outputs

@@ -183,11 +183,10 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     import mlflow
     from pyspark.sql.pandas.types import to_arrow_type
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
-    from mlops_nb.config import configure_mlflow
+    from mlops_nb.mlflow_store import configure_mlflow
     from mlops_nb.lakehouse import open_delta
     table, out_table = cfg.qualify(table or cfg.scoring_table), cfg.qualify(predictions_table or cfg.predictions_table)
-    configure_mlflow(cfg)
-    client, name = mlflow.MlflowClient(), cfg.registered_model
+    client, name = configure_mlflow(cfg), cfg.registered_model
     mv = champion_of(client, name)
     uri = f"models:/{name}/{mv.version}"
     sig = mlflow.models.get_model_info(uri).signature  # read once: the inputs and the UDF's result type

@@ -40,14 +40,13 @@ class LoadedModel:
 def load_champion(cfg:EnvConfig) -> LoadedModel:
     "The env's champion, loaded with `mlflow.pyfunc`, and its lineage."
     import mlflow
-    from mlops_nb.config import configure_mlflow, require_store
+    from mlops_nb.mlflow_store import configure_mlflow, require_store
     from mlops_nb.registry import champion_of
     from mlops_nb.model_input import model_inputs
     from mlops_nb.training import positive_proba
     from mlops_nb.pyfunc_model import sklearn_estimator
     require_store()
-    configure_mlflow(cfg)
-    client = mlflow.MlflowClient()
+    client = configure_mlflow(cfg)
     mv = champion_of(client, cfg.registered_model)
     uri = f"models:/{cfg.registered_model}/{mv.version}"
     sha = (mv.tags or {}).get("GIT_SHA") or client.get_run(mv.run_id).data.tags.get("GIT_SHA", "")

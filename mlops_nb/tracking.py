@@ -7,13 +7,14 @@ from __future__ import annotations
 import contextlib, hashlib, json, os, platform, sys
 from pathlib import Path
 import pandas as pd
-from .config import EnvConfig, configure_mlflow, on_databricks, mlops_home, command_line, env_lock
+from .config import EnvConfig, on_databricks, mlops_home, command_line, env_lock
+from .mlflow_store import configure_mlflow
 from .context import RunContext
 
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'lineage_tags',
-           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run', 'end_dead_runs',
-           'recover_env', 'locked_env']
+           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run',
+           'logged_model_id', 'end_dead_runs', 'recover_env', 'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -115,6 +116,7 @@ def _register_failure_hook():
     if _end_failed_on_error not in ip.events.callbacks.get("post_run_cell", []):
         ip.events.register("post_run_cell", _end_failed_on_error)
 
+# %% ../nbs/05_tracking.ipynb #957e1cd2
 def start_step_run(ctx:RunContext, # the run this step belongs to
                    cfg:EnvConfig,  # the env's settings
                    params:dict=None, # step parameters to log
@@ -133,6 +135,7 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
     _register_failure_hook()
     return run
 
+# %% ../nbs/05_tracking.ipynb #bd79d233
 def log_data_lineage(snapshot,               # a lakehouse.Snapshot
                      role:str="data",        # tag prefix: data (what was trained on), input (what was scored)
                      fingerprint:bool=True,  # also hash the content
@@ -154,12 +157,16 @@ def finish_step_run(status:str="FINISHED"):
     import mlflow
     if mlflow.active_run() is not None: mlflow.end_run(status)
 
+# %% ../nbs/05_tracking.ipynb #5b13ed58
+def logged_model_id(run) -> str|None:
+    "The id of the model an MLflow run logged (its first model output), or None."
+    outs = getattr(run, "outputs", None)
+    return outs.model_outputs[0].model_id if outs is not None and outs.model_outputs else None
+
 # %% ../nbs/05_tracking.ipynb #ba755239
-def end_dead_runs(cfg:EnvConfig) -> list:
+def end_dead_runs(cfg:EnvConfig, client) -> list:
     "End KILLED the env's RUNNING MLflow runs whose recorded processes are all gone; log their partial notebooks; say so."
-    import mlflow
     from mlops_nb.core import PROCESS_TAG, RUNNER_TAG, process_alive, utc_now
-    client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment_name)
     if exp is None: return []
     ended = []
@@ -181,13 +188,14 @@ def end_dead_runs(cfg:EnvConfig) -> list:
               f"partly executed notebooks logged to them", file=sys.stderr)
     return ended
 
+# %% ../nbs/05_tracking.ipynb #17bc35d1
 def recover_env(env:str) -> dict:
     "Finish what killed commands left half done in `env` (hold its lock): end dead runs, complete a champion move."
     from mlops_nb.config import load_config
     from mlops_nb.registry import reconcile_champion
     cfg = load_config(env)
-    configure_mlflow(cfg)
-    return {"ended_runs": end_dead_runs(cfg), "completed_move": reconcile_champion(cfg)}
+    client = configure_mlflow(cfg)
+    return {"ended_runs": end_dead_runs(cfg, client), "completed_move": reconcile_champion(cfg, client)}
 
 @contextlib.contextmanager
 def locked_env(env:str):

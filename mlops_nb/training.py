@@ -169,6 +169,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     "Train, log and register one candidate model version from a table."
     import mlflow
     from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
+    from mlops_nb.mlflow_store import configure_mlflow
     model_type = check_model_type(model_type or cfg.model_type)
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
@@ -184,7 +185,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     try: mv = mlflow.register_model(info.model_uri, cfg.registered_model, await_registration_for=60)
     except Exception as e:
         raise RegistryError(f"could not register {cfg.registered_model} from run {run.info.run_id}: {e}") from e
-    client = mlflow.MlflowClient()
+    client = configure_mlflow(cfg)
     desc = (f"{model_type} trained by job run {ctx.run_id} (commit {ctx.git_sha[:12]}) on {table}@{snap.version}; "
             f"held-out AUC {metrics['auc']:.4f}")
     client.update_model_version(cfg.registered_model, mv.version, description=desc)

@@ -13,7 +13,7 @@ STRONG = dict(model_type="hgb")                           # all features (held-o
 def pointed_at(path, **env):
     "Point the library in this process at home `path` (and set `env`) for the duration."
     # mlflow.set_tracking_uri/set_registry_uri also export MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI, which
-    # config.tracking_uri() prefers: clear them, or MLflow would stay on the previous home.
+    # mlflow_store.tracking_uri() prefers: clear them, or MLflow would stay on the previous home.
     keys = {"MLOPS_NB_HOME": str(path), **env}
     old = {k: os.environ.get(k) for k in [*keys, "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"]}
     os.environ.update(keys)
@@ -51,7 +51,7 @@ def evaluate(env: str, n_boot: int = 200, **overrides):
 def client():
     "An MlflowClient on the home in force."
     import mlflow
-    from mlops_nb.config import tracking_uri
+    from mlops_nb.mlflow_store import tracking_uri
     return mlflow.MlflowClient(tracking_uri=tracking_uri(), registry_uri=tracking_uri())
 
 

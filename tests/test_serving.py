@@ -124,7 +124,8 @@ def test_concurrent_requests_share_model_calls_and_keep_their_own_answers(server
     assert after["requests"] - before["requests"] == 48 and after["rows"] - before["rows"] == 48
     assert after["model_calls"] - before["model_calls"] < 48, after   # requests that met in the queue went together
     with home_environ(server["home"]):
-        from mlops_nb.config import configure_mlflow, load_config
+        from mlops_nb.config import load_config
+        from mlops_nb.mlflow_store import configure_mlflow
         configure_mlflow(load_config("dev"))
         model = mlflow.pyfunc.load_model(f"models:/dev.mlops_nb.demo_model/{first.version}")
     expected = model.predict(pd.DataFrame(records))  # the logged model's own pyfunc: P(class 1)
