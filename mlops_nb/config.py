@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses, json, os, tomllib, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from fastcore.basics import patch
 from .core import ConfigError, MlopsNbError, env_vars
 from .variables import CONFIG, HOME
 
@@ -67,9 +66,46 @@ class _RunSettings:
     serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
 
+# %% ../nbs/01_config.ipynb #6bb8631b
+class _DerivedNames:
+    "The names an `EnvConfig` derives from its fields (`env`, `schema`, `model`, `experiment`, `repo_path`, the job names)."
+    @property
+    def catalog(self) -> str:
+        "The Unity Catalog catalog of this env: the env's name."
+        return self.env
+
+    @property
+    def registered_model(self) -> str:
+        "The three-level registered model name, `catalog.schema.model`."
+        return self.qualify(self.model)
+
+    @property
+    def experiment_name(self) -> str:
+        "The MLflow experiment every step of this env logs to."
+        return self.experiment or f"/Shared/mlops-nb/{self.env}"
+
+    @property
+    def workspace_repo_path(self) -> str:
+        "The env's workspace Git folder, where its jobs' notebooks live."
+        return self.repo_path or f"/Repos/{self.env}/mlops-nb"
+
+    @property
+    def pipeline_job_name(self) -> str:
+        "The name of the env's pipeline job (train, evaluate, score)."
+        return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
+
+    @property
+    def scoring_job_name(self) -> str:
+        "The name of the env's scoring-only job."
+        return self.scoring_job or f"mlops-nb-{self.env}-scoring"
+
+    def qualify(self, name:str) -> str:
+        "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
+        return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
+
 # %% ../nbs/01_config.ipynb #5be0572f
 @dataclass
-class EnvConfig(_RunSettings):
+class EnvConfig(_RunSettings, _DerivedNames):
     "The settings of one environment."
     require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it
     promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win
@@ -91,42 +127,6 @@ class EnvConfig(_RunSettings):
     scoring_cron: str = "0 0 6 * * ?"         # quartz cron of the scoring-only job
     timezone: str = "UTC"                     # time zone of both schedules
     schedule_paused: bool = True              # schedules start paused (prod: unpaused)
-
-# %% ../nbs/01_config.ipynb #6bb8631b
-@patch(as_prop=True)
-def catalog(self:EnvConfig) -> str:
-    "The Unity Catalog catalog of this env: the env's name."
-    return self.env
-
-@patch(as_prop=True)
-def registered_model(self:EnvConfig) -> str:
-    "The three-level registered model name, `catalog.schema.model`."
-    return self.qualify(self.model)
-
-@patch(as_prop=True)
-def experiment_name(self:EnvConfig) -> str:
-    "The MLflow experiment every step of this env logs to."
-    return self.experiment or f"/Shared/mlops-nb/{self.env}"
-
-@patch(as_prop=True)
-def workspace_repo_path(self:EnvConfig) -> str:
-    "The env's workspace Git folder, where its jobs' notebooks live."
-    return self.repo_path or f"/Repos/{self.env}/mlops-nb"
-
-@patch(as_prop=True)
-def pipeline_job_name(self:EnvConfig) -> str:
-    "The name of the env's pipeline job (train, evaluate, score)."
-    return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
-
-@patch(as_prop=True)
-def scoring_job_name(self:EnvConfig) -> str:
-    "The name of the env's scoring-only job."
-    return self.scoring_job or f"mlops-nb-{self.env}-scoring"
-
-@patch
-def qualify(self:EnvConfig, name:str) -> str:
-    "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
-    return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
 # %% ../nbs/01_config.ipynb #23271f72
 import math

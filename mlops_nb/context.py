@@ -122,7 +122,8 @@ def git_info(cwd=None, # a folder inside the git work tree; default: the current
 # %% ../nbs/02_context.ipynb #a52dfbaf
 def pipelines_dir() -> Path:
     "The folder of the pipeline notebooks."
-    if os.environ.get("MLOPS_NB_PIPELINES"): return Path(os.environ["MLOPS_NB_PIPELINES"]).resolve()
+    from mlops_nb.variables import PIPELINES
+    if PIPELINES.is_set: return Path(PIPELINES.get()).resolve()
     import mlops_nb
     return Path(mlops_nb.__file__).resolve().parent.parent/"nbs"/"pipelines"
 

@@ -198,13 +198,14 @@ def get_spark(app_name:str="mlops-nb"):
     if on_databricks(): return SparkSession.builder.getOrCreate()
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-    spark = (SparkSession.builder.master(os.environ.get("MLOPS_NB_SPARK_MASTER", "local[*]")).appName(app_name)
+    from mlops_nb.variables import SPARK_ARROW_BATCH, SPARK_DRIVER_MEMORY, SPARK_MASTER
+    spark = (SparkSession.builder.master(SPARK_MASTER.get()).appName(app_name)
              .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
              .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-             .config("spark.sql.execution.arrow.maxRecordsPerBatch", os.environ.get("MLOPS_NB_SPARK_ARROW_BATCH", "50000"))
+             .config("spark.sql.execution.arrow.maxRecordsPerBatch", str(SPARK_ARROW_BATCH.get()))
              # batches are bounded by rows above; Int.MaxValue bytes turns off Spark's size check after every row
              .config("spark.sql.execution.arrow.maxBytesPerBatch", str(2**31 - 1))
-             .config("spark.driver.memory", os.environ.get("MLOPS_NB_SPARK_DRIVER_MEMORY", "1g"))
+             .config("spark.driver.memory", SPARK_DRIVER_MEMORY.get())
              # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
              .config("spark.driver.maxResultSize", "0")
              .config("spark.sql.session.timeZone", "UTC").getOrCreate())

@@ -46,7 +46,8 @@ def find_candidates(client, name:str) -> list:
 # %% ../nbs/03a_registry.ipynb #39e80f02
 def current_user() -> str:
     "Who is acting: `$MLOPS_NB_USER`, else the login name."
-    return os.environ.get("MLOPS_NB_USER") or getpass.getuser()
+    from mlops_nb.variables import USER
+    return USER.get() or getpass.getuser()
 
 # %% ../nbs/03a_registry.ipynb #c3bb56b7
 HISTORY_COLUMNS = ["seq", "moved_at", "model_name", "action", "from_version", "to_version", "user", "reason", "trigger",

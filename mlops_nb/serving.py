@@ -14,6 +14,7 @@ from .model_input import InputColumn
 from .scoring import prediction_id
 from .request_checks import record_errors, records_frame
 from .inference_log import InferenceLog
+from .variables import SERVE_TOKEN
 from fastcore.basics import patch
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
 from fastapi.responses import JSONResponse
@@ -252,7 +253,7 @@ def create_app(cfg:EnvConfig,          # the env: model, inference log table, li
     "The FastAPI app that serves `cfg`'s champion."
     from fastapi import FastAPI
     loader = loader or load_champion
-    token = token if token is not None else os.environ.get("MLOPS_NB_SERVE_TOKEN", "")
+    token = token if token is not None else SERVE_TOKEN.get()
 
     app = FastAPI(title="mlops-nb", summary=f"the {cfg.env} champion of {cfg.registered_model}", lifespan=_lifespan)
     # Everything that can fail (no champion, a bad setting) fails here, before the server starts: a clear error, not
@@ -277,7 +278,7 @@ def cmd_serve(a) -> int:
     from mlops_nb.config import load_config
     cfg = load_config(a.env)
     app = create_app(cfg)
-    auth = "bearer token required" if os.environ.get("MLOPS_NB_SERVE_TOKEN") else "no token required"
+    auth = "bearer token required" if SERVE_TOKEN.is_set else "no token required"
     print(f"mlops-nb serve: {cfg.registered_model}@champion on http://{a.host}:{a.port} ({auth})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level, access_log=False)
     return 0
