@@ -40,9 +40,11 @@ check-sync: venv
 	  diff <(echo "$$before") <(echo "$$after") | grep '^[<>]' | awk '{print "  " $$3}' | sort -u; exit 1; \
 	else echo "ok: mlops_nb/ matches nbs/ and every notebook is clean"; fi
 
-# The pipeline notebooks run alone under nbdev_test and nbval, against one seeded home holding the demo tables. Each
-# check runs them in pipeline order (train registers a candidate, evaluate promotes it, score uses the champion), so
-# either check passes alone or after the other; the lock keeps the two from using the home at the same time.
+# Each notebook cell runs no more often than its checks need. The library notebooks run under nbdev_test and nbval
+# (strict), except the few heavy end-to-end cells marked `#| nbval_only` (settings.ini `tst_flags`), which nbval alone
+# runs and checks. The pipeline notebooks run under nbval alone (a kernel, as Jupyter, papermill and a Databricks task
+# run them), in pipeline order (train registers a candidate, evaluate promotes it, score uses the champion) against one
+# seeded home holding the demo tables; pytest runs them again, through the runner, in every end-to-end test.
 # The library notebooks make their own temporary homes; each check gives them an empty one besides.
 PIPELINE_NBS := explore train evaluate score
 LOCK_HOME := flock $(TEST_HOME)/.lock
@@ -71,11 +73,9 @@ TEST_START := $(shell date +%s)
 endif
 took = @echo "$(1): done $$(( $$(date +%s) - $(TEST_START) )) s after the start"
 
-# nbdev_test: the library notebooks (two workers), then the pipeline notebooks one at a time in a process each.
+# nbdev_test: the library notebooks (two workers).
 test-nbdev: venv $(TEST_HOME)/.seeded
 	MLOPS_NB_HOME=$(TEST_HOME)/library-nbdev $(BIN)/nbdev_test --n_workers 2 --path nbs --skip_folder_re '^(pipelines|[_.].*)$$'
-	$(LOCK_HOME) bash -c 'set -e; for nb in $(PIPELINE_NBS); do \
-	  MLOPS_NB_HOME=$(TEST_HOME) $(BIN)/nbdev_test --n_workers 0 --do_print --path nbs/pipelines/$$nb.ipynb; done'
 	$(call took,test-nbdev)
 
 # nbval runs numbered copies (nbdev_clean blanks execution counts; see tests/nbval_prepare.py): strict on the

@@ -180,11 +180,15 @@ def test_missing_file_mended_by_rewriting_and_garbled_log_refuses_writes(home):
     assert f"move {home.table_path(SCORING)} away" in line
 
 
-def test_damaged_predictions_table_stops_score_before_it_writes(champion_home):
+def test_damaged_predictions_table_stops_score_before_it_writes(champion_home, spark):
     "The predictions table is read (ids already written) and appended to: a damaged one is caught up front, and trace says so."
+    from scoring_helpers import CONTEXT, home_environ
+    from mlops_nb.config import load_config
+    from mlops_nb.context import resolve_context
+    from mlops_nb.scoring import score_table
     home = champion_home
-    r0 = home.cli("run", "--json", "--steps", "score")
-    assert r0.returncode == 0, str(r0)
+    with home_environ(home.path):  # the predictions, scored in this process on its one Spark session (no kernel needed)
+        assert score_table(resolve_context(run_id="local-20260101T000000-000001", **CONTEXT), load_config("dev")).rows > 0
     pid = home.read_table(PREDICTIONS).data.prediction_id.iloc[0]
     lost = sorted(home.table_path(PREDICTIONS).glob("*.parquet"))[0]
     lost.rename(lost.with_suffix(".away"))
