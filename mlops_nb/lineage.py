@@ -11,10 +11,11 @@ from .config import load_config, on_databricks
 from .mlflow_store import configure_mlflow, require_store, store_description
 from .context import repo_root, commit_in_repo
 from .registry import get_version
+from .tracking import logged_model_id
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'logged_model', 'resolve_target',
-           'trace', 'format_trace', 'cmd_trace']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'trace',
+           'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -79,11 +80,6 @@ def _scoring(client, run, notebooks:bool=True) -> dict:
             "infrastructure": {k[6:]: v for k, v in t.items() if k.startswith("infra.")},
             "notebooks": job_notebooks(client, [run.info.experiment_id], t.get("DBR_RUN_ID")) if notebooks else []}
 
-def logged_model(run):
-    "The id of the model run `run` logged (a train run that registered no version: a reproduction), or None."
-    outs = getattr(run, "outputs", None)
-    return outs.model_outputs[0].model_id if outs is not None and outs.model_outputs else None
-
 # %% ../nbs/12_lineage.ipynb #d8640c22
 def resolve_target(client, cfg, target:str) -> dict:
     "What `target` is: {kind, version (a ModelVersion or None), train_run_id, scoring, prediction, missing}."
@@ -95,7 +91,7 @@ def resolve_target(client, cfg, target:str) -> dict:
         t, res["kind"] = run.data.tags, "run"
         if t.get("output.model_name") and t.get("output.model_version"):
             res["version"] = get_version(client, t["output.model_name"], t["output.model_version"])
-        elif logged_model(run): res["train_run_id"] = run.info.run_id  # logged, not registered (a reproduction)
+        elif logged_model_id(run): res["train_run_id"] = run.info.run_id  # logged, not registered (a reproduction)
         elif t.get("model_name") and t.get("model_version"):
             res.update(version=get_version(client, t["model_name"], t["model_version"]), scoring=_scoring(client, run))
         else:
@@ -147,8 +143,8 @@ def _model_section(client, tags:dict, mv, train_run, missing:list) -> dict:
              "aliases": list(getattr(mv, "aliases", []) or []) if mv else [], "mlflow_run_id": rid,
              "model_uri": f"models:/{mv.name}/{mv.version}" if mv else None, "artifact_uri": None}
     if mv is not None: model["artifact_uri"] = client.get_model_version_download_uri(mv.name, mv.version)
-    elif train_run is not None and logged_model(train_run):
-        lm = client.get_logged_model(logged_model(train_run))
+    elif train_run is not None and logged_model_id(train_run):
+        lm = client.get_logged_model(logged_model_id(train_run))
         model.update(model_uri=lm.model_uri, artifact_uri=lm.artifact_location)
     if train_run is None: missing.append(f"model: its training run {tags.get('MLFLOW_RUN_ID') or '?'} was not found")
     return model
