@@ -185,7 +185,6 @@ def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or
           repo=None,     # the git work tree to look the commit up in; default the pipeline notebooks'
          ) -> dict:
     "The code, infrastructure, environment, model, data, job and notebooks behind `target`, and what is missing."
-    import mlflow
     cfg = load_config(env)
     require_store()
     client, target = configure_mlflow(cfg), (target or "").strip()

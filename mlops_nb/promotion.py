@@ -44,7 +44,6 @@ def promote(cfg:EnvConfig,    # the env's settings
             reason:str="",    # why (recorded); default "manual approval"
            ) -> dict:
     "Move `champion` to the challenger (or `version`) as a recorded manual approval; return the history row."
-    import mlflow
     require_store()
     client, name = configure_mlflow(cfg), cfg.registered_model
     reconcile_champion(cfg, client)
@@ -83,7 +82,6 @@ def rollback(cfg:EnvConfig,          # the env's settings
              reason:str="",          # why (recorded)
             ) -> dict:
     "Move `champion` back to `version`, the version of `mlflow_run_id`, or the previous champion; return the history row."
-    import mlflow
     require_store()
     client, name = configure_mlflow(cfg), cfg.registered_model
     reconcile_champion(cfg, client)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03a_registry.ipynb #1dac2876
 from __future__ import annotations
-import getpass, os
+import getpass
 import pandas as pd
 from .core import RegistryError, short_error, utc_now
 from .config import EnvConfig
@@ -94,7 +94,7 @@ def _complete_move(client, cfg:EnvConfig, row:dict):
 # %% ../nbs/03a_registry.ipynb #219863b8
 def reconcile_champion(cfg:EnvConfig, client=None) -> dict|None:
     "Complete the last recorded champion move if a killed process left it half done; return its row, or None."
-    import mlflow, sys
+    import sys
     from mlflow.exceptions import MlflowException
     hist = champion_history(cfg)
     if not hist: return None

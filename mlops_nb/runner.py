@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_runner.ipynb #0c4e363a
 from __future__ import annotations
-import contextlib, json, os, sys, time
+import json, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, StepFailed, new_job_run_id
