@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_runner.ipynb #0c4e363a
 from __future__ import annotations
-import json, sys, time
+import json, re, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, StepFailed, new_job_run_id
@@ -16,7 +16,8 @@ from .kernels import kernel_spec, stop_kernels, stop_on_signals
 
 # %% auto #0
 __all__ = ['STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters', 'check_params',
-           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'run_step', 'run_pipeline', 'format_summary']
+           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'where_it_raised', 'run_step', 'run_pipeline',
+           'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
@@ -124,6 +125,20 @@ def find_step_run(client, cfg:EnvConfig, job_run_id:str, step:str):
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
+# %% ../nbs/10_runner.ipynb #f3dc7530
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ARROW = re.compile(r"^-*> +(\d+) (.*)$")
+
+def where_it_raised(traceback:list, source:str="") -> str:
+    "From a cell's IPython traceback: `line N `code`` of the cell line that raised, and our innermost frame, if any."
+    frames = [_ANSI.sub("", f) for f in traceback or []]
+    cell = next((f for f in frames if f.startswith("Cell In[")), "")
+    hit = next((m for l in cell.splitlines() if (m := _ARROW.match(l.strip()))), None)
+    if hit: said = f"line {hit[1]} `{hit[2].strip()[:80]}`"
+    else: said = "`" + next((l for l in source.splitlines() if l.strip() and not l.startswith("#")), "")[:80] + "`"
+    ours = [m for f in frames if (m := re.match(r"File .*?(mlops_nb/[\w/]+\.py):(\d+)", f))]
+    return said + (f" (at {ours[-1][1]}:{ours[-1][2]})" if ours else "")
+
 # %% ../nbs/10_runner.ipynb #51742a62
 def _sentence(s:str) -> str:
     "`s` ending with a full stop (unless it ends with one, or with ! or ?)."
@@ -141,8 +156,8 @@ def _execute_step(step:str, inject:dict, res:StepResult) -> StepResult:
         res.status = "SUCCEEDED"
     except pm.PapermillExecutionError as e:
         res.status = "FAILED"
-        first = next((l for l in (e.source or "").splitlines() if l.strip() and not l.startswith("#")), "")
-        res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] `{first[:80]}` "
+        res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] "
+                     f"{where_it_raised(e.traceback, e.source or '')} "
                      f"raised {e.ename}: {_sentence(e.evalue)} Partly executed notebook: {res.output_notebook}")
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM of the runner (`stop_on_signals`): stop the step's kernel now
         stop_kernels()

@@ -205,3 +205,23 @@ def test_summary_table(runs):
     assert f"champion: {MODEL} version {j2['champion']['version']}" in lines
     # the champion did not move: no candidate was left to evaluate
     assert str(home.client().get_model_version_by_alias(MODEL, "champion").version) == j2["champion"]["version"]
+
+
+def test_step_runs_carry_mlflow_standard_tags(runs):
+    "MLflow's own source and note tags, so its UI shows each run's notebook, commit and a one-line summary."
+    import subprocess
+    from conftest import REPO
+    home, j1, j2 = runs
+    c = home.client()
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for j in (j1, j2):
+        for s in j["steps"]:
+            t = c.get_run(s["mlflow_run_id"]).data.tags
+            assert (t["mlflow.source.type"], t["mlflow.source.name"]) == ("NOTEBOOK", f"nbs/pipelines/{s['name']}.ipynb")
+            assert t["mlflow.source.git.commit"] == j["git_sha"] == t["GIT_SHA"]
+            if branch != "HEAD": assert t["mlflow.source.git.branch"] == branch
+            assert t["mlflow.note.content"].startswith(f"{s['name']}: ") and "\n" not in t["mlflow.note.content"]
+    train = c.get_run(j2["model"]["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert train.startswith(f"train: registered version {j2['model']['version']}: hgb trained by job run ") and "AUC" in train
+    score = next(s for s in j1["steps"] if s["name"] == "score")
+    assert "rows 1000" in c.get_run(score["mlflow_run_id"]).data.tags["mlflow.note.content"]
