@@ -31,7 +31,7 @@ def _what_exists(client, name:str, failed:str) -> str:
     have += "; aliases " + ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) if aliases else "; no aliases"
     uris = [f"models:/{name}@{a}" for a in sorted(aliases)] + [f"models:/{name}/{v}" for v in reversed(vs)]
     ok = next((u for u in uris if u != failed), None)
-    return f"it has {have}" + (f"; trace one of those, e.g. {ok}" if ok else "")
+    return f"it has {have}" + (f"; try one of those, e.g. {ok}" if ok else "")
 
 def get_version(client, name:str, version:str=None, alias:str=None):
     "The model version `name`/`version` (or `name@alias`); a `RegistryError` when it does not exist, naming what does."

@@ -95,6 +95,8 @@ def test_step_runs_finished_with_lineage_tags(runs):
             assert t["DBR_JOB_ID"] == j["job_id"]
             assert t["GIT_SHA"] == j["git_sha"]
             assert t["GIT_DIRTY"] == ("true" if j["git_dirty"] else "false")
+            # what made the tree dirty, by `git status` (ignored files never count), recorded only when it was
+            assert bool(t.get("GIT_DIRTY_FILES")) == j["git_dirty"], t.get("GIT_DIRTY_FILES")
             assert t["task_key"] == s["name"]
             assert t["env"] == "dev"
             assert t["MLFLOW_RUN_ID"] == s["mlflow_run_id"]
