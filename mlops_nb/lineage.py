@@ -190,6 +190,7 @@ def _step_section(run) -> dict:
     if rec: out["decision"] = decision_summary(rec, t.get("env", ""), float(run.data.params.get("promote_win_rate", "nan")))["summary"]
     return out
 
+# %% ../nbs/12_lineage.ipynb #331bab9e
 def require_records(client):
     "Stop a trace when the store in force holds no run and no registered model, naming the store and where it looked."
     if client.search_registered_models(max_results=1): return

@@ -42,6 +42,7 @@ def train_run_of(client, target:str):
         target = get_version(client, name, version, alias).run_id
     return training_run(client, target)
 
+# %% ../nbs/13_reproduce.ipynb #25f7490d
 def check_reproducible(run, repo) -> str:
     "The run's commit, when it exists in `repo` and came from a clean tree; else a clear refusal."
     from mlops_nb.context import commit_in_repo
