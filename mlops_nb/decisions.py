@@ -4,6 +4,7 @@
 
 # %% ../nbs/08c_decisions.ipynb #c8d10004
 from __future__ import annotations
+from pathlib import Path
 
 # %% auto #0
 __all__ = ['DECISION_ARTIFACT', 'read_decision', 'decision_summary']
@@ -13,12 +14,19 @@ DECISION_ARTIFACT = "evaluation/decision.json"
 
 def read_decision(mlflow_run_id:str) -> dict|None:
     "The decision record evaluate logged on MLflow run `mlflow_run_id` (tracking URI in force), or None when it has none."
-    import mlflow
-    folder = DECISION_ARTIFACT.rpartition("/")[0]
+    import json, tempfile, mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    client, folder = mlflow.MlflowClient(), DECISION_ARTIFACT.rpartition("/")[0]
     try:
-        if not any(a.path == DECISION_ARTIFACT for a in mlflow.MlflowClient().list_artifacts(mlflow_run_id, folder)): return None
-        return mlflow.artifacts.load_dict(f"runs:/{mlflow_run_id}/{DECISION_ARTIFACT}")
-    except Exception: return None  # no such run, or an unreadable record: the summary goes without it
+        if not any(a.path == DECISION_ARTIFACT for a in client.list_artifacts(mlflow_run_id, folder)): return None
+        repo = get_artifact_repository(client.get_run(mlflow_run_id).info.artifact_uri)
+    except Exception: return None  # no such run: the summary goes without it
+    # MLflow downloads on the repository's thread pool, whose idle workers would keep a command from exiting
+    # (`core.exit_process` joins every thread): shut it down once the record is read.
+    try:
+        with tempfile.TemporaryDirectory() as d: return json.loads(Path(repo.download_artifacts(DECISION_ARTIFACT, d)).read_text())
+    except Exception: return None  # an unreadable record
+    finally: repo.thread_pool.shutdown(wait=True)
 
 # %% ../nbs/08c_decisions.ipynb #37b2c4be
 def _refusals(rec:dict) -> list:
