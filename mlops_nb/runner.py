@@ -13,6 +13,7 @@ from .mlflow_store import configure_mlflow
 from .context import RunContext, git_info, pipelines_dir
 from .tracking import locked_env
 from .kernels import kernel_spec, stop_kernels, stop_on_signals
+from .decisions import read_decision, decision_summary
 
 # %% auto #0
 __all__ = ['STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters', 'check_params',
@@ -104,6 +105,7 @@ class JobRun:
     steps: list = field(default_factory=list)
     model: dict = field(default_factory=dict)
     champion: dict = field(default_factory=dict)
+    decision: dict = field(default_factory=dict)   # what evaluate decided and why (`decision_summary`)
     predictions: dict = field(default_factory=dict)
     status: str = "RUNNING"
     seconds: float = 0.0
@@ -240,7 +242,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
 
 # %% ../nbs/10_runner.ipynb #fb0f49bb
 def _summarise(job:JobRun, cfg:EnvConfig, client):
-    "Fill the job's status, model, champion and predictions from the steps' outputs and the registry."
+    "Fill the job's status, model, champion, decision and predictions from the steps' outputs, evaluate's decision record and the registry."
     from mlops_nb.registry import get_alias
     job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
     out = {s.name: s for s in job.steps}
@@ -249,6 +251,9 @@ def _summarise(job:JobRun, cfg:EnvConfig, client):
         job.model = {"name": t.outputs["model_name"], "version": t.outputs["model_version"], "mlflow_run_id": t.mlflow_run_id}
     champ = get_alias(client, cfg.registered_model, "champion")
     job.champion = {"name": cfg.registered_model, "version": str(champ.version) if champ else None}
+    if "evaluate" in out and out["evaluate"].mlflow_run_id:
+        rec = read_decision(out["evaluate"].mlflow_run_id)  # None when evaluate failed before it recorded one
+        if rec: job.decision = decision_summary(rec, job.env, cfg.promote_win_rate)
     if "score" in out and out["score"].outputs.get("predictions_version"):
         o = out["score"].outputs
         from mlops_nb.lakehouse import table_path
@@ -272,6 +277,7 @@ def format_summary(job:JobRun) -> str:
                + (" (dirty)" if job.git_dirty else ""))
     if job.model: out.append(f"trained {job.model['name']} version {job.model['version']} (MLflow run {job.model['mlflow_run_id']})")
     if job.champion: out.append(f"champion: {job.champion['name']} version {job.champion['version'] or 'none'}")
+    if job.decision: out.append(f"evaluate: {job.decision['summary']}")
     out += [f"{s.name}: {s.outputs['note']}" for s in job.steps if s.outputs.get("note")]  # e.g. an empty batch
     if job.predictions: out.append(f"predictions: {job.predictions['rows']} rows appended to {job.predictions['table']} version {job.predictions['version']}")
     return "\n".join(out)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 from .config import EnvConfig, on_databricks, mlops_home, command_line, env_lock
 from .mlflow_store import configure_mlflow
-from .context import RunContext
+from .context import RunContext, dirty_files, pipelines_dir
 
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'public_url',
@@ -119,12 +119,13 @@ def lineage_tags(tags:dict) -> dict:
 def log_lineage(ctx:RunContext, # the run this step belongs to
                 spark=None,     # the step's Spark session, if it has one; default the active one
                ) -> dict:
-    "Tag the active MLflow run with its code, job, infrastructure and environment lineage; log the package list."
+    "Tag the active MLflow run with its code (and what made its tree dirty), job, infrastructure and environment lineage; log the package list."
     import mlflow, mlops_nb
     env_tags, packages = environment()
     tags = {**ctx.tags(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id, "on_databricks": str(ctx.on_databricks).lower(),
             "mlops_nb_path": str(Path(mlops_nb.__file__).resolve().parent), **env_tags,
             **{f"infra.{k}": v for k, v in infrastructure(spark).items()}, **source_tags(ctx)}
+    if ctx.git_dirty == "true" and (files := dirty_files(pipelines_dir())): tags["GIT_DIRTY_FILES"] = "; ".join(files)[:5000]
     mlflow.set_tags(tags)
     mlflow.log_text(packages, ENVIRONMENT_ARTIFACT)
     return tags
