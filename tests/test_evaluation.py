@@ -117,6 +117,12 @@ def test_a_clearly_better_challenger_is_promoted_and_the_decision_is_recorded(de
         cl = client()
         run = cl.get_run(d.mlflow_run_id)
         assert run.data.metrics["win_rate"] == c["win_rate"] and run.data.tags["output.promoted"] == "true"
+        # stable metric names, the versions as params: runs compare on one metric whatever versions they judged
+        assert {"challenger_auc", "champion_auc", "auc_diff", "win_rate", "candidate_auc"} <= set(run.data.metrics)
+        assert not [k for k in run.data.metrics if k.startswith("v") and k[1].isdigit()], run.data.metrics
+        assert (run.data.params["challenger_version"], run.data.params["champion_version"]) == (dev_lab["strong"], dev_lab["weak"])
+        hist = cl.get_metric_history(d.mlflow_run_id, "candidate_auc")
+        assert dev_lab["strong"] in {str(m.step) for m in hist}
         arts = {f.path for f in cl.list_artifacts(d.mlflow_run_id, "evaluation")}
         assert arts >= {"evaluation/decision.json", "evaluation/bootstrap_auc.png", "evaluation/roc.png"}
         rec = json.loads(open(cl.download_artifacts(d.mlflow_run_id, "evaluation/decision.json")).read())
