@@ -12,6 +12,7 @@ from .context import RunContext
 from .registry import get_alias, find_candidates
 from .bootstrap import Comparison, check_n_boot, compare_auc, plot_bootstrap, plot_roc
 from .validation import Validation, validate_candidate, load_scorer, predict_positive
+from .tracking import data_fingerprint, log_dataset
 
 # %% auto #0
 __all__ = ['decide', 'rule_of', 'Decision', 'evaluate_candidates']
@@ -82,6 +83,7 @@ def _compare_best(client, cfg:EnvConfig, best:Validation, champ, n_boot:int) -> 
         curves[f"champion v{champ.version}"] = champ_p
     cmp = compare_auc(ho.y, best.proba, champ_p, cfg.baseline_auc, n_boot, cfg.seed)
     mlflow.log_params({"challenger_version": best.version, "champion_version": champ.version if champ is not None else "none"})
+    log_dataset(ho.frame, ho.source["table"], ho.source["version"], len(ho.y), data_fingerprint(ho.frame), "evaluation")
     mlflow.log_metrics({"challenger_auc": cmp.challenger_auc, f"{cmp.against}_auc": cmp.champion_auc,
                         "auc_diff": cmp.auc_diff, "auc_diff_ci95_low": cmp.diff_ci95[0], "auc_diff_ci95_high": cmp.diff_ci95[1],
                         "win_rate": cmp.win_rate, "n_boot": cmp.n_boot, "redrawn": cmp.redrawn, "compared_rows": cmp.rows})

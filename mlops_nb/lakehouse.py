@@ -14,7 +14,7 @@ from .config import mlops_home, on_databricks
 # %% auto #0
 __all__ = ['table_path', 'table_exists', 'first_line', 'log_versions', 'missing_files', 'table_failure', 'table_errors',
            'Snapshot', 'parse_version', 'open_delta', 'read_table', 'table_version', 'write_table', 'history',
-           'get_spark', 'read_spark_table']
+           'spark_log', 'stderr_to', 'get_spark', 'read_spark_table']
 
 # %% ../nbs/03_lakehouse.ipynb #46285d9d
 def table_path(name:str, # three-level table name, catalog.schema.table
@@ -191,6 +191,23 @@ def history(name:str, limit:int=None) -> list[dict]:
     if on_databricks(): return [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
     return open_delta(name, check_files=False).history(limit)
 
+# %% ../nbs/03_lakehouse.ipynb #d078e4d2
+def spark_log() -> Path:
+    "Where a local Spark's JVM writes its own output (banners, log4j lines), instead of the notebook or the console."
+    import tempfile
+    return Path(tempfile.gettempdir())/"mlops-nb"/f"spark-{os.getpid()}.log"
+
+@contextlib.contextmanager
+def stderr_to(path:Path):
+    "Point file descriptor 2 at `path` for the duration: a process started meanwhile (Spark's JVM) keeps writing there."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    fd, saved = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644), os.dup(2)
+    os.dup2(fd, 2)
+    try: yield path
+    finally:
+        os.dup2(saved, 2); os.close(saved); os.close(fd)
+
 # %% ../nbs/03_lakehouse.ipynb #d2f57783
 def get_spark(app_name:str="mlops-nb"):
     "The Spark session: the cluster's on Databricks, else a local one."
@@ -208,7 +225,13 @@ def get_spark(app_name:str="mlops-nb"):
              .config("spark.driver.memory", SPARK_DRIVER_MEMORY.get())
              # the scored rows pass through the driver to Delta one partition at a time, never all at once: no cap
              .config("spark.driver.maxResultSize", "0")
-             .config("spark.sql.session.timeZone", "UTC").getOrCreate())
+             .config("spark.sql.session.timeZone", "UTC"))
+    log = spark_log()  # the JVM's banners and log lines go there, not into the cell or the console; a failed start quotes it
+    try:
+        with stderr_to(log): spark = spark.getOrCreate()
+    except Exception as e:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.is_file() else []
+        raise RuntimeError(f"local Spark did not start: {e}; its last output (in {log}): {' | '.join(tail)}") from e
     spark.sparkContext.setLogLevel("ERROR")
     return spark
 

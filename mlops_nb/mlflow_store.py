@@ -70,6 +70,9 @@ def configure_mlflow(cfg:EnvConfig):
     "Point MLflow at this env's tracking server, registry and experiment (created when missing); return an `MlflowClient` on them."
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow.store.db.utils", "alembic"): logging.getLogger(name).setLevel(logging.WARNING)
+    # notices about choices made on purpose (a pyfunc logged as an object; spark_udf on the local environment; which
+    # flavor backend serves): they would fill every executed notebook; MLflow's errors still show
+    for name in ("mlflow.pyfunc", "mlflow.models.flavor_backend_registry"): logging.getLogger(name).setLevel(logging.ERROR)
     import mlflow
     uri = check_tracking_server(tracking_uri())   # a dead server fails here, in seconds, not after MLflow's retries
     if uri.startswith("sqlite:"): mlops_home().mkdir(parents=True, exist_ok=True)

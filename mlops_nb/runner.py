@@ -11,7 +11,7 @@ from .core import ParameterError, StepFailed, new_job_run_id
 from .config import EnvConfig, load_config, mlops_home
 from .mlflow_store import configure_mlflow
 from .context import RunContext, git_info, pipelines_dir
-from .tracking import locked_env
+from .tracking import locked_env, log_notebook
 from .kernels import kernel_spec, stop_kernels, stop_on_signals
 from .decisions import read_decision, decision_summary
 
@@ -187,7 +187,7 @@ def _log_step(client, cfg:EnvConfig, ctx:RunContext, params:dict, res:StepResult
     if run is not None:
         res.mlflow_run_id = run.info.run_id
         res.outputs = {k[len("output."):]: v for k, v in run.data.tags.items() if k.startswith("output.")}
-        if Path(res.output_notebook).is_file(): client.log_artifact(run.info.run_id, res.output_notebook, "notebooks")
+        if Path(res.output_notebook).is_file(): log_notebook(client, run.info.run_id, res.output_notebook)
         if res.status == "FAILED": client.set_tag(run.info.run_id, "error", res.error[:5000])
         if res.status == "FAILED" or run.info.status == "RUNNING":
             client.set_terminated(run.info.run_id, "FAILED" if res.status == "FAILED" else "FINISHED")

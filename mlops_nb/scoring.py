@@ -182,7 +182,7 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     "Score a table with the champion on Spark and append the predictions with lineage columns."
     import mlflow
     from pyspark.sql.pandas.types import to_arrow_type
-    from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
+    from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run, log_dataset
     from mlops_nb.mlflow_store import configure_mlflow
     from mlops_nb.lakehouse import open_delta
     table, out_table = cfg.qualify(table or cfg.scoring_table), cfg.qualify(predictions_table or cfg.predictions_table)
@@ -199,7 +199,9 @@ def score_table(ctx:RunContext, cfg:EnvConfig, table:str=None, version=None, pre
     start_step_run(ctx, cfg, {"input_table": table, "input_version": v, "model_version": mv.version,
                               "predictions_table": out_table, "decision_threshold": cfg.decision_threshold})
     mlflow.set_tags({"input_table": table, "input_version": str(v), "model_name": name, "model_version": str(mv.version)})
-    if (arrow.count_rows() == 0) if arrow is not None else sdf.isEmpty():  # an empty batch: nothing to score, no commit
+    rows = arrow.count_rows() if arrow is not None else sdf.count()
+    log_dataset(arrow.head(100).to_pandas() if arrow is not None else sdf.limit(100).toPandas(), table, v, rows, "", "scoring")
+    if rows == 0:  # an empty batch: nothing to score, no commit
         return _nothing_scored(name, mv, table, v, out_table)
     probability = probability_udf(spark, uri, sig)
     scored = _scored(sdf, ctx.run_id, mv.version, keys, inputs, probability)

@@ -14,7 +14,8 @@ from .context import RunContext, dirty_files, pipelines_dir
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'public_url',
            'source_tags', 'lineage_tags', 'log_lineage', 'start_step_run', 'log_data_lineage', 'step_note',
-           'set_step_outputs', 'finish_step_run', 'logged_model_id', 'end_dead_runs', 'recover_env', 'locked_env']
+           'set_step_outputs', 'finish_step_run', 'log_dataset', 'log_notebook', 'logged_model_id', 'end_dead_runs',
+           'recover_env', 'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -170,12 +171,15 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
 def log_data_lineage(snapshot,               # a lakehouse.Snapshot
                      role:str="data",        # tag prefix: data (what was trained on), input (what was scored)
                      fingerprint:bool=True,  # also hash the content
+                     context:str=None,       # also record it as an MLflow dataset in this context (training, ...)
                     ) -> dict:
     "Tag the active run with the table, version, rows (and fingerprint) of `snapshot`; return the tags."
     import mlflow
     tags = {f"{role}_table": snapshot.table, f"{role}_version": str(snapshot.version), f"{role}_rows": str(len(snapshot.data))}
     if fingerprint: tags[f"{role}_fingerprint"] = data_fingerprint(snapshot.data)
     mlflow.set_tags(tags)
+    if context and fingerprint:
+        log_dataset(snapshot.data, snapshot.table, snapshot.version, len(snapshot.data), tags[f"{role}_fingerprint"], context)
     return tags
 
 def step_note(task_key:str, outputs:dict) -> str:
@@ -196,6 +200,47 @@ def finish_step_run(status:str="FINISHED"):
     import mlflow
     if mlflow.active_run() is not None: mlflow.end_run(status)
 
+# %% ../nbs/05_tracking.ipynb #68232776
+def _local_table_id(table:str, version) -> str|None:
+    "The Delta table id of a local table (None when it cannot be read: the dataset is recorded without it)."
+    from mlops_nb.lakehouse import open_delta
+    try: return open_delta(table, version, check_files=False).metadata().id
+    except Exception: return None
+
+def log_dataset(sample:pd.DataFrame, # the rows, or a sample of them (their schema is recorded)
+                table:str, version, rows:int,
+                fingerprint:str,      # data_fingerprint of the rows; '' when they were not hashed (a batch too big to)
+                context:str,          # training, evaluation, scoring, ...
+               ):
+    "Record Delta table `table` at `version` as an MLflow dataset input of the active run."
+    import mlflow, warnings
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.models import infer_signature
+    digest = (fingerprint or hashlib.sha256(f"{table}@{version}".encode()).hexdigest())[:32]  # a Delta version is immutable
+    # MLflow looks a Unity Catalog table's id up on Databricks; a local table gives its own Delta table id
+    table_id = None if on_databricks() else _local_table_id(table, version)
+    source = DeltaDatasetSource(delta_table_name=table, delta_table_version=int(version), delta_table_id=table_id)
+    with warnings.catch_warnings():  # its hint about integer columns and missing values is for model signatures
+        warnings.simplefilter("ignore", UserWarning)
+        schema = infer_signature(sample.head(100)).inputs
+    ds = MetaDataset(source, name=f"{table}@v{version}", digest=digest, schema=schema)
+    tags = {"table": table, "version": str(version), "rows": str(rows), **({"fingerprint": fingerprint} if fingerprint else {})}
+    mlflow.log_input(ds, context=context, tags=tags)
+    return ds
+
+# %% ../nbs/05_tracking.ipynb #6084be97
+def log_notebook(client, run_id:str, path) -> list:
+    "Log an executed notebook to run `run_id` under `notebooks/`, as itself and as HTML; the artifact paths."
+    path = Path(path)
+    client.log_artifact(run_id, str(path), "notebooks")
+    try:
+        from nbconvert import HTMLExporter
+        html, _ = HTMLExporter().from_filename(str(path))
+    except Exception: return [f"notebooks/{path.name}"]  # a file cut short by a kill: the .ipynb alone
+    client.log_text(run_id, html, f"notebooks/{path.stem}.html")
+    return [f"notebooks/{path.name}", f"notebooks/{path.stem}.html"]
+
 # %% ../nbs/05_tracking.ipynb #5b13ed58
 def logged_model_id(run) -> str|None:
     "The id of the model an MLflow run logged (its first model output), or None."
@@ -215,7 +260,7 @@ def end_dead_runs(cfg:EnvConfig, client) -> list:
         if not procs or any(process_alive(x) is not False for x in procs): continue  # alive, elsewhere or unknown
         job, step = t.get("DBR_RUN_ID", ""), t.get("task_key", "")
         nb = mlops_home()/"runs"/job/f"{step}.ipynb"
-        if job and step and "/" not in job + step and nb.is_file(): client.log_artifact(run.info.run_id, str(nb), "notebooks")
+        if job and step and "/" not in job + step and nb.is_file(): log_notebook(client, run.info.run_id, nb)
         client.set_tag(run.info.run_id, "end_reason", f"ended KILLED at {utc_now()} by `{command_line()}`: no process "
                                                       f"of the run is left ({', '.join(procs)})"[:5000])
         client.set_terminated(run.info.run_id, "KILLED")

@@ -4,6 +4,7 @@
 
 # %% ../nbs/07_training.ipynb #64aa5dd3
 from __future__ import annotations
+import contextlib, io
 import numpy as np, pandas as pd
 from dataclasses import dataclass
 from .core import DataError, ParameterError, RegistryError
@@ -179,10 +180,12 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
               "keys": ",".join(keys), "features": ",".join(cols.features), "training_table": table,
               "training_version": snap.version, "decision_threshold": cfg.decision_threshold}
     run = start_step_run(ctx, cfg, params)
-    lineage = log_data_lineage(snap)
+    lineage = log_data_lineage(snap, context="training")
     metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold)
     if not register: return _finish_unregistered(run, metrics, snap.version, info)
-    try: mv = mlflow.register_model(info.model_uri, cfg.registered_model, await_registration_for=60)
+    try:  # register_model prints "Successfully registered ..." to stderr: the step prints its own line
+        with contextlib.redirect_stderr(io.StringIO()):
+            mv = mlflow.register_model(info.model_uri, cfg.registered_model, await_registration_for=60)
     except Exception as e:
         raise RegistryError(f"could not register {cfg.registered_model} from run {run.info.run_id}: {e}") from e
     client = configure_mlflow(cfg)
@@ -190,7 +193,6 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
             f"held-out AUC {metrics['auc']:.4f}")
     client.update_model_version(cfg.registered_model, mv.version, description=desc)
     _tag_candidate(client, ctx, cfg.registered_model, mv.version, run.info.run_id, model_type, lineage)
-    set_step_outputs(summary=f"registered version {mv.version}: {desc}", model_name=cfg.registered_model,
-                     model_version=mv.version)
+    set_step_outputs(summary=f"registered version {mv.version}: {desc}", model_name=mv.name, model_version=mv.version)
     finish_step_run()
     return TrainResult(cfg.registered_model, str(mv.version), run.info.run_id, metrics, snap.version, info.model_uri)

@@ -205,7 +205,7 @@ def test_one_class_label_failure_is_in_a_failed_mlflow_run(one_class_run):
     assert run.data.tags["task_key"] == "train" and run.data.tags["error"] == train["error"]
     assert run.data.tags["GIT_SHA"] == j["git_sha"] and "environment_hash" in run.data.tags
     assert run.data.params["training_table"] == ONE_CLASS
-    assert [a.path for a in home.client().list_artifacts(run.info.run_id, "notebooks")] == ["notebooks/train.ipynb"]
+    assert {a.path for a in home.client().list_artifacts(run.info.run_id, "notebooks")} == {"notebooks/train.ipynb", "notebooks/train.html"}
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ def test_failed_step_run_is_marked_failed(failed_evaluate):
     assert run.info.status == "FAILED"
     assert run.data.tags["DBR_RUN_ID"] == j["job_run_id"] and run.data.tags["task_key"] == "evaluate"
     assert Path(ev["output_notebook"]).is_file() and ev["output_notebook"] in line
-    assert [a.path for a in c.list_artifacts(ev["mlflow_run_id"], "notebooks")] == ["notebooks/evaluate.ipynb"]
+    assert {a.path for a in c.list_artifacts(ev["mlflow_run_id"], "notebooks")} == {"notebooks/evaluate.ipynb", "notebooks/evaluate.html"}
     assert [x.info.status for x in home.runs_of_job(j["job_run_id"])] == ["FAILED"]
     # nothing was promoted or scored
     assert j["champion"]["version"] is None

@@ -124,9 +124,17 @@ def test_executed_notebooks_saved_and_logged(runs, tmp_path):
             src = "".join(injected[0]["source"])
             assert f'run_id = "{j["job_run_id"]}"' in src and f'task_key = "{s["name"]}"' in src
             assert not any(o.get("output_type") == "error" for cell in nb["cells"] for o in cell.get("outputs", []))
+            # and no noise: no Spark banner or log4j line, no MLflow notice, no kernel message in any cell
+            streams = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                              for cell in nb["cells"] for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+            for noise in ("log4j", "Setting default log level", "WARN", "INFO", "Successfully registered", "incubator"):
+                assert noise not in streams, (s["name"], noise, streams[:2000])
             # and the very same file is an artifact of the step's MLflow run, under notebooks/
             listed = [a.path for a in c.list_artifacts(s["mlflow_run_id"], "notebooks")]
             assert f"notebooks/{s['name']}.ipynb" in listed
+            assert f"notebooks/{s['name']}.html" in listed  # what MLflow's UI shows as a page
+            html = open(c.download_artifacts(s["mlflow_run_id"], f"notebooks/{s['name']}.html", str(tmp_path))).read()
+            assert html.lstrip().startswith("<!DOCTYPE html>") and j["job_run_id"] in html
             got = c.download_artifacts(s["mlflow_run_id"], f"notebooks/{s['name']}.ipynb", str(tmp_path))
             assert open(got, "rb").read() == nb_path.read_bytes()
         assert (home.path/"runs"/j["job_run_id"]/"summary.json").is_file()
@@ -235,3 +243,23 @@ def test_step_runs_carry_mlflow_standard_tags(runs):
     assert train.startswith(f"train: registered version {j2['model']['version']}: hgb trained by job run ") and "AUC" in train
     score = next(s for s in j1["steps"] if s["name"] == "score")
     assert "rows 1000" in c.get_run(score["mlflow_run_id"]).data.tags["mlflow.note.content"]
+
+
+def test_step_runs_record_their_data_as_mlflow_datasets(runs):
+    "Train, evaluate and score log the Delta table they read as an MLflow dataset input, so the UI's Datasets column shows it."
+    home, j1, j2 = runs
+    c = home.client()
+    step = {s["name"]: s for s in j1["steps"]}
+    train_tags = c.get_run(step["train"]["mlflow_run_id"]).data.tags
+    for name, context, table in (("train", "training", "dev.mlops_nb.training"), ("evaluate", "evaluation", "dev.mlops_nb.training"),
+                                 ("score", "scoring", SCORING)):
+        inputs = c.get_run(step[name]["mlflow_run_id"]).inputs.dataset_inputs
+        assert len(inputs) == 1, (name, inputs)
+        ds, tags = inputs[0].dataset, {t.key: t.value for t in inputs[0].tags}
+        assert (tags["mlflow.data.context"], tags["table"], ds.source_type) == (context, table, "delta_table"), (name, tags)
+        assert ds.name == f"{table}@v{tags['version']}" and json.loads(ds.source)["delta_table_name"] == table
+        assert json.loads(ds.schema)["mlflow_colspec"], name
+    tr = {t.key: t.value for t in c.get_run(step["train"]["mlflow_run_id"]).inputs.dataset_inputs[0].tags}
+    assert (tr["fingerprint"], tr["version"], tr["rows"]) == (train_tags["data_fingerprint"], train_tags["data_version"], train_tags["data_rows"])
+    sc = {t.key: t.value for t in c.get_run(step["score"]["mlflow_run_id"]).inputs.dataset_inputs[0].tags}
+    assert sc["rows"] == "1000"

@@ -38,7 +38,7 @@ def check_match(r, run_id, client):
     new = client.get_run(rep["reproduced_run_id"])
     assert new.data.tags["reproduces"] == run_id and new.data.tags["registered"] == "false"
     assert new.data.tags["mlops_nb_path"].startswith("/") and "mlops-nb-reproduce-" in new.data.tags["mlops_nb_path"]
-    assert [a.path for a in client.list_artifacts(new.info.run_id, "notebooks")] == ["notebooks/train.ipynb"]
+    assert {a.path for a in client.list_artifacts(new.info.run_id, "notebooks")} == {"notebooks/train.ipynb", "notebooks/train.html"}
     return rep
 
 
