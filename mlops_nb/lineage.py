@@ -8,7 +8,8 @@ import json, re
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
 from .config import load_config, on_databricks
-from .mlflow_store import configure_mlflow, require_store, store_description, tracking_uri, registry_uri, redact_uri
+from .mlflow_store import (configure_mlflow, require_store, store_description, tracking_uri, registry_uri, redact_uri,
+                                   check_tracking_server)
 from .context import repo_root, commit_in_repo
 from .registry import get_version
 from .tracking import logged_model_id
@@ -193,6 +194,7 @@ def _step_section(run) -> dict:
 # %% ../nbs/12_lineage.ipynb #331bab9e
 def require_records(client):
     "Stop a trace when the store in force holds no run and no registered model, naming the store and where it looked."
+    check_tracking_server(tracking_uri())  # a dead server fails here, in seconds, not after MLflow's retries
     if client.search_registered_models(max_results=1): return
     exps = [e.experiment_id for e in client.search_experiments(max_results=100)]
     if exps and client.search_runs(exps, max_results=1): return
