@@ -116,12 +116,13 @@ bench: venv
 
 # JupyterLab (dev extras) on the notebooks, with this repository's package first on the kernels' path. The kernel is
 # `python3`, this venv's Python; the store is the default home (`.mlops` at the repository root), the one `make demo`
-# and `mlops-nb` use, so a pipeline notebook runs cell by cell with a user's defaults. LAB_ARGS=--no-browser etc.
+# and `mlops-nb` use, so a pipeline notebook runs cell by cell with a user's defaults. As root (a container) it adds
+# --allow-root, which Jupyter otherwise requires. LAB_ARGS=--no-browser etc.
 LAB_PORT ?= 8888
 LAB_ARGS ?=
 lab: venv
 	@echo "JupyterLab on nbs/ (kernel python3 = $(abspath $(BIN))/python; store $$($(BIN)/mlops-nb env --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["mlops_home"])'))"
-	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/jupyter lab --notebook-dir=nbs --ServerApp.port=$(LAB_PORT) $(LAB_ARGS)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/jupyter lab --notebook-dir=nbs --ServerApp.port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf $(TEST_HOME) .nbval .pytest_cache test-results.xml build _proc *.egg-info
