@@ -81,7 +81,7 @@ def add_lineage_commands(sub):
     t.add_argument("--repo", default=None, help="git work tree to look the commit up in (default: the pipeline notebooks')")
     json_flag(t)
     r = command(sub, "reproduce", "reproduce:cmd_reproduce", "re-run a training run from its commit and data; compare metrics and predictions", env=False)
-    r.add_argument("run_id", metavar="MLFLOW_RUN_ID", help="the MLflow run id of a train step")
+    r.add_argument("run_id", metavar="TARGET", help="the MLflow run id of a train step, or a model URI (models:/<name>/<version>, models:/<name>@<alias>): the run that trained it")
     r.add_argument("--repo", default=None, help="git repository holding the commit (default: the pipeline notebooks')")
     r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
     json_flag(r)

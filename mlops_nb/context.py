@@ -12,7 +12,7 @@ from .config import ENVS, on_databricks
 
 # %% auto #0
 __all__ = ['MODEL_TYPES', 'STEP_PARAMS', 'get_dbutils', 'widget_value', 'resolve_param', 'param_problem', 'check_step_params',
-           'resolve_params', 'git_info', 'pipelines_dir', 'repo_root', 'commit_in_repo', 'RunContext',
+           'resolve_params', 'git_info', 'dirty_files', 'pipelines_dir', 'repo_root', 'commit_in_repo', 'RunContext',
            'resolve_context']
 
 # %% ../nbs/02_context.ipynb #ce2aa0c2
@@ -110,7 +110,7 @@ def resolve_params(dbutils=None, # dbutils to read widgets from; default: the no
 # %% ../nbs/02_context.ipynb #9df06e21
 def git_info(cwd=None, # a folder inside the git work tree; default: the current one
             ) -> tuple[str, bool] | None:
-    "The work tree's HEAD commit and whether it has uncommitted changes, or None outside git."
+    "The work tree's HEAD commit and whether it has uncommitted changes (by git's rules: ignored files never count), or None outside git."
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
     try: head = git("rev-parse", "HEAD")
@@ -118,6 +118,19 @@ def git_info(cwd=None, # a folder inside the git work tree; default: the current
     if head.returncode != 0: return None
     status = git("status", "--porcelain")
     return head.stdout.strip(), bool(status.stdout.strip())
+
+_GIT_CHANGES = {"??": "untracked", "M": "modified", "A": "added", "D": "deleted", "R": "renamed", "C": "copied", "T": "type changed", "U": "unmerged"}
+
+def dirty_files(cwd=None,      # a folder inside the git work tree; default: the current one
+                limit:int=20,  # at most this many, then "... and N more"
+               ) -> list:
+    "What makes the work tree dirty, by `git status` (ignored files never count): ['modified nbs/x.ipynb', 'untracked mlflow.db', ...]."
+    try: r = subprocess.run(["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired): return []
+    if r.returncode != 0: return []
+    code = lambda xy: "??" if xy == "??" else xy.strip()[:1]   # porcelain: XY path (index, work tree)
+    out = [f"{_GIT_CHANGES.get(code(l[:2]), 'changed')} {l[3:]}" for l in r.stdout.splitlines() if l.strip()]
+    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
 
 # %% ../nbs/02_context.ipynb #a52dfbaf
 def pipelines_dir() -> Path:

@@ -135,8 +135,9 @@ import atexit, threading
 
 def exit_process(code:int=0):
     "Leave the process with status `code`: join its threads, run its atexit handlers, flush, then `os._exit` (no C++ teardown)."
-    for t in threading.enumerate():
-        if t is not threading.main_thread() and not t.daemon: t.join()
+    # as the interpreter's own exit does: first tell thread pools to stop (an idle ThreadPoolExecutor worker, such as
+    # MLflow's artifact download pool, waits for work until then), then join every non-daemon thread
+    threading._shutdown()
     atexit._run_exitfuncs()
     for s in (sys.stdout, sys.stderr):
         try: s.flush()

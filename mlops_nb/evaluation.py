@@ -65,7 +65,7 @@ def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
         mlflow.log_dict(v.record(), f"validation/version_{v.version}.json")
         _tag_version(client, mv.name, mv.version, model_validation_status=v.status, validation_failures=",".join(v.failed),
                      validation_run_id=run_id, candidate="false")
-        if v.auc is not None: mlflow.log_metric(f"v{v.version}_holdout_auc", v.auc)
+        if v.auc is not None: mlflow.log_metric("candidate_auc", v.auc, step=int(v.version))  # one name; step: the version
         dec.candidates.append(v.record())
         out.append(v)
     return out
@@ -81,6 +81,7 @@ def _compare_best(client, cfg:EnvConfig, best:Validation, champ, n_boot:int) -> 
         champ_p = predict_positive(model, cols, ho.frame)
         curves[f"champion v{champ.version}"] = champ_p
     cmp = compare_auc(ho.y, best.proba, champ_p, cfg.baseline_auc, n_boot, cfg.seed)
+    mlflow.log_params({"challenger_version": best.version, "champion_version": champ.version if champ is not None else "none"})
     mlflow.log_metrics({"challenger_auc": cmp.challenger_auc, f"{cmp.against}_auc": cmp.champion_auc,
                         "auc_diff": cmp.auc_diff, "auc_diff_ci95_low": cmp.diff_ci95[0], "auc_diff_ci95_high": cmp.diff_ci95[1],
                         "win_rate": cmp.win_rate, "n_boot": cmp.n_boot, "redrawn": cmp.redrawn, "compared_rows": cmp.rows})

@@ -8,14 +8,14 @@ import json, re
 from pathlib import Path
 from .core import MlopsNbError, RegistryError
 from .config import load_config, on_databricks
-from .mlflow_store import configure_mlflow, require_store, store_description
+from .mlflow_store import configure_mlflow, require_store, store_description, tracking_uri, registry_uri, redact_uri
 from .context import repo_root, commit_in_repo
 from .registry import get_version
 from .tracking import logged_model_id
 
 # %% auto #0
-__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'trace',
-           'format_trace', 'cmd_trace']
+__all__ = ['TARGET_HELP', 'parse_model_uri', 'get_run', 'find_prediction', 'job_notebooks', 'resolve_target', 'require_records',
+           'trace', 'format_trace', 'cmd_trace']
 
 # %% ../nbs/12_lineage.ipynb #2764764d
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -73,17 +73,18 @@ def _has_artifact(client, run_id:str, path:str) -> bool:
 
 # %% ../nbs/12_lineage.ipynb #97fc2c97
 def _scoring(client, run, notebooks:bool=True) -> dict:
-    "What a score run records: its job run, input, model version and infrastructure."
+    "What a score run records: its job run, input, model version, infrastructure and its own executed notebook."
     t = run.data.tags
     return {"mlflow_run_id": run.info.run_id, "job_run_id": t.get("DBR_RUN_ID"), "input_table": t.get("input_table"),
             "input_version": t.get("input_version"), "model_version": t.get("model_version"),
             "infrastructure": {k[6:]: v for k, v in t.items() if k.startswith("infra.")},
-            "notebooks": job_notebooks(client, [run.info.experiment_id], t.get("DBR_RUN_ID")) if notebooks else []}
+            "notebooks": [n for n in job_notebooks(client, [run.info.experiment_id], t.get("DBR_RUN_ID")) if n["mlflow_run_id"] == run.info.run_id]
+                         if notebooks else []}  # not the job run's other steps: its train step trained another version
 
 # %% ../nbs/12_lineage.ipynb #d8640c22
 def resolve_target(client, cfg, target:str) -> dict:
-    "What `target` is: {kind, version (a ModelVersion or None), train_run_id, scoring, prediction, missing}."
-    res = {"kind": None, "version": None, "train_run_id": None, "scoring": None, "prediction": None, "missing": []}
+    "What `target` is: {kind, version (a ModelVersion or None), train_run_id, scoring, prediction, step_run, missing}."
+    res = {"kind": None, "version": None, "train_run_id": None, "scoring": None, "prediction": None, "step_run": None, "missing": []}
     if target.startswith("models:/"):
         name, version, alias = parse_model_uri(target)
         res.update(kind="model", version=get_version(client, name, version, alias))
@@ -94,9 +95,7 @@ def resolve_target(client, cfg, target:str) -> dict:
         elif logged_model_id(run): res["train_run_id"] = run.info.run_id  # logged, not registered (a reproduction)
         elif t.get("model_name") and t.get("model_version"):
             res.update(version=get_version(client, t["model_name"], t["model_version"]), scoring=_scoring(client, run))
-        else:
-            raise MlopsNbError(f"run {target} is the {t.get('task_key') or 'unknown'} step of job run {t.get('DBR_RUN_ID') or '?'}: "
-                               f"it trained no model and scored with none; trace a train or score run, a model URI or a prediction id instead")
+        else: res["step_run"] = run  # explore, evaluate, ...: traced by its own lineage (no model of its own)
     elif _HEX32.match(target) and (pred := find_prediction(cfg, target)) is not None:
         res.update(kind="prediction", prediction=pred, train_run_id=pred.get("model_run_id"))
         try: res["version"] = get_version(client, pred["model_name"], pred["model_version"])
@@ -167,34 +166,57 @@ def _job_sections(client, tags:dict, train_run, missing:list) -> tuple[dict, lis
     return job, nbs
 
 # %% ../nbs/12_lineage.ipynb #2936ac00
-def _sections(client, tags:dict, mv, train_run, repo) -> tuple[dict, list]:
-    "The code, infrastructure, environment, model, data, job and notebooks sections, and the missing links."
+def _sections(client, tags:dict, mv, train_run, repo, step:bool=False) -> tuple[dict, list]:
+    "The code, infrastructure, environment, model, data, job and notebooks sections, and the missing links (`step`: a run with no model)."
     missing, rid = [], train_run.info.run_id if train_run else None
     code = _code_section(tags, repo, missing)
     infra = {k[6:]: v for k, v in tags.items() if k.startswith("infra.")}
     if not infra: missing.append(f"infrastructure: run {rid} has no infra.* tags (trained before lineage capture?)")
     env = _environment_section(client, tags, train_run, missing)
-    model = _model_section(client, tags, mv, train_run, missing)
-    data = _data_section(tags, missing)
+    model = _model_section(client, tags, mv, None if step else train_run, [] if step else missing)
+    if step: model["mlflow_run_id"] = None  # the step trained no model
+    data = _data_section(tags, [] if step and not tags.get("data_table") else missing)  # evaluate reads no table of its own
     job, nbs = _job_sections(client, tags, train_run, missing)
     return {"code": code, "infrastructure": infra, "environment": env, "model": model, "data": data, "job": job,
             "notebooks": nbs}, missing
+
+def _step_section(run) -> dict:
+    "What a step run that trained no model was: its step, status and outputs, and for evaluate its decision."
+    from mlops_nb.decisions import read_decision, decision_summary
+    t = run.data.tags
+    out = {"task_key": t.get("task_key"), "mlflow_run_id": run.info.run_id, "status": run.info.status,
+           "outputs": {k[len("output."):]: v for k, v in t.items() if k.startswith("output.")}}
+    rec = read_decision(run.info.run_id) if t.get("task_key") == "evaluate" else None
+    if rec: out["decision"] = decision_summary(rec, t.get("env", ""), float(run.data.params.get("promote_win_rate", "nan")))["summary"]
+    return out
+
+# %% ../nbs/12_lineage.ipynb #331bab9e
+def require_records(client):
+    "Stop a trace when the store in force holds no run and no registered model, naming the store and where it looked."
+    if client.search_registered_models(max_results=1): return
+    exps = [e.experiment_id for e in client.search_experiments(max_results=100)]
+    if exps and client.search_runs(exps, max_results=1): return
+    raise MlopsNbError(f"{store_description()} ({redact_uri(tracking_uri())}) holds no runs and no registered models: nothing to trace; "
+                       f"run `mlops-nb run` first, or set MLOPS_NB_HOME (or MLFLOW_TRACKING_URI) to the store that holds your runs")
 
 def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or a prediction id
           env:str="dev", # the env whose registry, experiment and predictions table to look in
           repo=None,     # the git work tree to look the commit up in; default the pipeline notebooks'
          ) -> dict:
     "The code, infrastructure, environment, model, data, job and notebooks behind `target`, and what is missing."
+    import mlflow
     cfg = load_config(env)
     require_store()
+    require_records(mlflow.MlflowClient(tracking_uri(), registry_uri()))  # before configure_mlflow creates an experiment
     client, target = configure_mlflow(cfg), (target or "").strip()
     res = resolve_target(client, cfg, target)
-    mv = res["version"]
-    rid = (mv.run_id if mv is not None else None) or res["train_run_id"]
+    mv, step = res["version"], res["step_run"]
+    rid = (mv.run_id if mv is not None else None) or res["train_run_id"] or (step.info.run_id if step else None)
     train_run = get_run(client, rid) if rid else None
     tags = {**(train_run.data.tags if train_run else {}), **(dict(mv.tags) if mv is not None else {})}
-    sections, missing = _sections(client, tags, mv, train_run, Path(repo).resolve() if repo else repo_root())
-    out = {"target": target, "kind": res["kind"], "env": env, **sections}
+    sections, missing = _sections(client, tags, mv, train_run, Path(repo).resolve() if repo else repo_root(), step=step is not None)
+    out = {"target": target, "kind": res["kind"], "env": tags.get("env") or env, **sections}  # the target's own env
+    if step is not None: out["step"] = _step_section(step)
     if res["scoring"] is not None: out["scoring"] = res["scoring"]
     if res["prediction"] is not None: out["prediction"] = res["prediction"]
     out["missing"] = res["missing"] + missing
@@ -214,6 +236,10 @@ def format_trace(t:dict) -> str:
                       + f", MLflow run {m['mlflow_run_id']}, artifacts {m['artifact_uri']}"),
             ("data", f"{d['table']} version {d['version']}, {d['rows']} rows, fingerprint {d['fingerprint']}"),
             ("job", f"job {j['job_id']}, job run {j['run_id']}")]
+    if st := t.get("step"):  # a step that trained no model: the step instead of a model, its data only when it read a table
+        rows = [r for r in rows if r[0] != "model" and (r[0] != "data" or d["table"])]
+        rows.insert(0, ("step", f"{st['task_key']}, MLflow run {st['mlflow_run_id']} ({st['status']})"
+                                + (f"; evaluate {st['decision']}" if st.get("decision") else "")))
     rows += [("notebook", f"{n['step']}: {n['uri']}") for n in t["notebooks"]]
     if t.get("scoring"):
         s = t["scoring"]

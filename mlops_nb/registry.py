@@ -21,14 +21,26 @@ def get_alias(client, name:str, alias:str):
     try: return client.get_model_version_by_alias(name, alias)
     except MlflowException: return None
 
+def _what_exists(client, name:str, failed:str) -> str:
+    "What model `name` has, and a URI to trace that exists and is not `failed` (for a hint)."
+    from mlflow.exceptions import MlflowException
+    try: aliases = dict(client.get_registered_model(name).aliases or {})
+    except MlflowException: return f"no model {name} is registered there; check the name and --env, or run mlops-nb run first"
+    vs = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    have = f"versions {', '.join(map(str, vs))}" if vs else "no versions"
+    have += "; aliases " + ", ".join(f"@{a} (version {v})" for a, v in sorted(aliases.items())) if aliases else "; no aliases"
+    uris = [f"models:/{name}@{a}" for a in sorted(aliases)] + [f"models:/{name}/{v}" for v in reversed(vs)]
+    ok = next((u for u in uris if u != failed), None)
+    return f"it has {have}" + (f"; try one of those, e.g. {ok}" if ok else "")
+
 def get_version(client, name:str, version:str=None, alias:str=None):
-    "The model version `name`/`version` (or `name@alias`); a `RegistryError` when it does not exist."
+    "The model version `name`/`version` (or `name@alias`); a `RegistryError` when it does not exist, naming what does."
     from mlflow.exceptions import MlflowException
     try: return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, str(version))
-    except MlflowException as e:
-        what = f"alias {alias!r}" if alias else f"version {version}"
-        raise RegistryError(f"model {name} has no {what}: deleted, never registered, or another env's model "
-                            f"({short_error(e)}) in {store_description()}; trace an existing version, e.g. models:/{name}@champion") from None
+    except MlflowException:
+        what, uri = (f"alias {alias!r}", f"models:/{name}@{alias}") if alias else (f"version {version}", f"models:/{name}/{version}")
+        raise RegistryError(f"model {name} has no {what}: deleted, never registered, or another env's model, in "
+                            f"{store_description()}: {_what_exists(client, name, uri)}") from None
 
 def champion_of(client, name:str):
     "The model version behind `champion`, or a `RegistryError` saying how to get one."

@@ -13,32 +13,47 @@ from .config import load_config, mlops_home
 from .mlflow_store import configure_mlflow, require_store, store_description
 
 # %% auto #0
-__all__ = ['TRAIN_PARAMS', 'training_run', 'check_reproducible', 'read_recorded_data', 'git_worktree', 'run_training_notebook',
-           'compare_metrics', 'model_uri_of', 'holdout_prediction_diff', 'other_differences', 'Reproduction',
-           'reproduce', 'format_reproduction', 'cmd_reproduce']
+__all__ = ['TRAIN_PARAMS', 'REPRODUCE_HELP', 'training_run', 'train_run_of', 'check_reproducible', 'read_recorded_data',
+           'git_worktree', 'run_training_notebook', 'compare_metrics', 'model_uri_of', 'holdout_prediction_diff',
+           'other_differences', 'Reproduction', 'reproduce', 'format_reproduction', 'cmd_reproduce']
 
 # %% ../nbs/13_reproduce.ipynb #a1ec576e
 TRAIN_PARAMS = ("model_type", "training_table", "training_version", "label", "keys", "features")
+REPRODUCE_HELP = "the MLflow run id of a train step, models:/<name>/<version> or models:/<name>@<alias>"
 
 def training_run(client, run_id:str):
     "The MLflow run `run_id` if it is a train step's run; a clear error otherwise."
     from mlops_nb.lineage import get_run
     run = get_run(client, run_id)
-    if run is None: raise MlopsNbError(f"no MLflow run {run_id!r} in {store_description()}; pass the MLflow run id of a train step")
+    if run is None: raise MlopsNbError(f"no MLflow run {run_id!r} in {store_description()}; pass {REPRODUCE_HELP}")
     missing = [p for p in TRAIN_PARAMS if p not in run.data.params]
     if missing:
         raise MlopsNbError(f"run {run_id} is the {run.data.tags.get('task_key') or 'unknown'} step, not a train run "
-                           f"(no {', '.join(missing)} param); reproduce takes the MLflow run id of a train step")
+                           f"(no {', '.join(missing)} param); reproduce takes {REPRODUCE_HELP}")
     return run
 
+def train_run_of(client, target:str):
+    "The train run `target` names: an MLflow run id, or a model version (models:/name/3, models:/name@alias) by the run that trained it."
+    if target.startswith("models:/"):
+        from mlops_nb.lineage import parse_model_uri
+        from mlops_nb.registry import get_version
+        try: name, version, alias = parse_model_uri(target)
+        except MlopsNbError: raise MlopsNbError(f"{target!r}: expected {REPRODUCE_HELP}") from None
+        target = get_version(client, name, version, alias).run_id
+    return training_run(client, target)
+
+# %% ../nbs/13_reproduce.ipynb #25f7490d
 def check_reproducible(run, repo) -> str:
     "The run's commit, when it exists in `repo` and came from a clean tree; else a clear refusal."
     from mlops_nb.context import commit_in_repo
     t, rid = run.data.tags, run.info.run_id
     sha, dirty = t.get("GIT_SHA", ""), t.get("GIT_DIRTY", "")
     if dirty == "true":
-        raise MlopsNbError(f"run {rid} was trained from a dirty working tree (GIT_DIRTY=true) at commit {sha[:12]}: its code "
-                           f"was never committed, so it cannot be reproduced; commit first, then train and reproduce")
+        files = t.get("GIT_DIRTY_FILES")  # what `git status` showed (ignored files never count)
+        raise MlopsNbError(f"run {rid} was trained from a dirty working tree (GIT_DIRTY=true) at commit {sha[:12]}, "
+                           + (f"uncommitted: {files}" if files else "its uncommitted files not recorded") + "; code that is "
+                           "in no commit cannot be checked out, so it cannot be reproduced; commit those files (or list them in "
+                           ".gitignore when they are not code), then train and reproduce")
     if dirty != "false":
         raise MlopsNbError(f"run {rid} does not record whether its tree was clean (GIT_DIRTY={dirty or 'missing'}); "
                            f"only runs from a clean commit can be reproduced")
@@ -234,7 +249,7 @@ def _rerun(rep:Reproduction, client, cfg, orig, repo, snap, tolerance:float):
     return new
 
 # %% ../nbs/13_reproduce.ipynb #255fcf57
-def reproduce(run_id:str,          # the MLflow run id of a train step
+def reproduce(run_id:str,          # the MLflow run id of a train step, or a model URI (models:/name/3, models:/name@champion)
               repo=None,           # the git repository holding the commit; default the pipeline notebooks'
               tolerance:float=0.0, # largest absolute difference of a metric or prediction that still matches
              ) -> Reproduction:
@@ -243,7 +258,7 @@ def reproduce(run_id:str,          # the MLflow run id of a train step
     t0 = time.monotonic()
     require_store()
     client = configure_mlflow(load_config("dev"))  # the tracking server; the run's own env comes from its tags
-    orig = training_run(client, (run_id or "").strip())
+    orig = train_run_of(client, (run_id or "").strip())
     env = orig.data.tags.get("env", "dev")
     cfg = load_config(env)
     configure_mlflow(cfg)

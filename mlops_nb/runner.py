@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_runner.ipynb #0c4e363a
 from __future__ import annotations
-import json, sys, time
+import json, re, sys, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, StepFailed, new_job_run_id
@@ -13,10 +13,12 @@ from .mlflow_store import configure_mlflow
 from .context import RunContext, git_info, pipelines_dir
 from .tracking import locked_env
 from .kernels import kernel_spec, stop_kernels, stop_on_signals
+from .decisions import read_decision, decision_summary
 
 # %% auto #0
 __all__ = ['STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters', 'check_params',
-           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'run_step', 'run_pipeline', 'format_summary']
+           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'where_it_raised', 'run_step', 'run_pipeline',
+           'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score")
@@ -103,6 +105,7 @@ class JobRun:
     steps: list = field(default_factory=list)
     model: dict = field(default_factory=dict)
     champion: dict = field(default_factory=dict)
+    decision: dict = field(default_factory=dict)   # what evaluate decided and why (`decision_summary`)
     predictions: dict = field(default_factory=dict)
     status: str = "RUNNING"
     seconds: float = 0.0
@@ -124,6 +127,20 @@ def find_step_run(client, cfg:EnvConfig, job_run_id:str, step:str):
                               order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
+# %% ../nbs/10_runner.ipynb #f3dc7530
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_ARROW = re.compile(r"^-*> +(\d+) (.*)$")
+
+def where_it_raised(traceback:list, source:str="") -> str:
+    "From a cell's IPython traceback: `line N `code`` of the cell line that raised, and our innermost frame, if any."
+    frames = [_ANSI.sub("", f) for f in traceback or []]
+    cell = next((f for f in frames if f.startswith("Cell In[")), "")
+    hit = next((m for l in cell.splitlines() if (m := _ARROW.match(l.strip()))), None)
+    if hit: said = f"line {hit[1]} `{hit[2].strip()[:80]}`"
+    else: said = "`" + next((l for l in source.splitlines() if l.strip() and not l.startswith("#")), "")[:80] + "`"
+    ours = [m for f in frames if (m := re.match(r"File .*?(mlops_nb/[\w/]+\.py):(\d+)", f))]
+    return said + (f" (at {ours[-1][1]}:{ours[-1][2]})" if ours else "")
+
 # %% ../nbs/10_runner.ipynb #51742a62
 def _sentence(s:str) -> str:
     "`s` ending with a full stop (unless it ends with one, or with ! or ?)."
@@ -141,8 +158,8 @@ def _execute_step(step:str, inject:dict, res:StepResult) -> StepResult:
         res.status = "SUCCEEDED"
     except pm.PapermillExecutionError as e:
         res.status = "FAILED"
-        first = next((l for l in (e.source or "").splitlines() if l.strip() and not l.startswith("#")), "")
-        res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] `{first[:80]}` "
+        res.error = (f"step {step} failed: notebook {step_notebook(step).name}, cell [{e.exec_count}] "
+                     f"{where_it_raised(e.traceback, e.source or '')} "
                      f"raised {e.ename}: {_sentence(e.evalue)} Partly executed notebook: {res.output_notebook}")
     except KeyboardInterrupt as e:  # SIGINT or SIGTERM of the runner (`stop_on_signals`): stop the step's kernel now
         stop_kernels()
@@ -225,7 +242,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
 
 # %% ../nbs/10_runner.ipynb #fb0f49bb
 def _summarise(job:JobRun, cfg:EnvConfig, client):
-    "Fill the job's status, model, champion and predictions from the steps' outputs and the registry."
+    "Fill the job's status, model, champion, decision and predictions from the steps' outputs, evaluate's decision record and the registry."
     from mlops_nb.registry import get_alias
     job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
     out = {s.name: s for s in job.steps}
@@ -234,6 +251,9 @@ def _summarise(job:JobRun, cfg:EnvConfig, client):
         job.model = {"name": t.outputs["model_name"], "version": t.outputs["model_version"], "mlflow_run_id": t.mlflow_run_id}
     champ = get_alias(client, cfg.registered_model, "champion")
     job.champion = {"name": cfg.registered_model, "version": str(champ.version) if champ else None}
+    if "evaluate" in out and out["evaluate"].mlflow_run_id:
+        rec = read_decision(out["evaluate"].mlflow_run_id)  # None when evaluate failed before it recorded one
+        if rec: job.decision = decision_summary(rec, job.env, cfg.promote_win_rate)
     if "score" in out and out["score"].outputs.get("predictions_version"):
         o = out["score"].outputs
         from mlops_nb.lakehouse import table_path
@@ -257,6 +277,7 @@ def format_summary(job:JobRun) -> str:
                + (" (dirty)" if job.git_dirty else ""))
     if job.model: out.append(f"trained {job.model['name']} version {job.model['version']} (MLflow run {job.model['mlflow_run_id']})")
     if job.champion: out.append(f"champion: {job.champion['name']} version {job.champion['version'] or 'none'}")
+    if job.decision: out.append(f"evaluate: {job.decision['summary']}")
     out += [f"{s.name}: {s.outputs['note']}" for s in job.steps if s.outputs.get("note")]  # e.g. an empty batch
     if job.predictions: out.append(f"predictions: {job.predictions['rows']} rows appended to {job.predictions['table']} version {job.predictions['version']}")
     return "\n".join(out)

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 from .config import EnvConfig, on_databricks, mlops_home, command_line, env_lock
 from .mlflow_store import configure_mlflow
-from .context import RunContext
+from .context import RunContext, dirty_files, pipelines_dir
 
 # %% auto #0
-__all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'lineage_tags',
-           'log_lineage', 'start_step_run', 'log_data_lineage', 'set_step_outputs', 'finish_step_run',
-           'logged_model_id', 'end_dead_runs', 'recover_env', 'locked_env']
+__all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'public_url',
+           'source_tags', 'lineage_tags', 'log_lineage', 'start_step_run', 'log_data_lineage', 'step_note',
+           'set_step_outputs', 'finish_step_run', 'logged_model_id', 'end_dead_runs', 'recover_env', 'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -78,6 +78,36 @@ def environment() -> tuple[dict, str]:
     return {"python": platform.python_version(), "environment_hash": hashlib.sha256(text.encode()).hexdigest(),
             "environment_packages": ENVIRONMENT_ARTIFACT}, text
 
+# %% ../nbs/05_tracking.ipynb #1b5110fa
+def _git_out(root, *args) -> str:
+    "What `git *args` prints in `root`, stripped, or '' when git fails or is missing."
+    import subprocess
+    try: r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired): return ""
+    return r.stdout.strip() if r.returncode == 0 else ""
+
+def public_url(url:str) -> str:
+    "A remote URL without the credentials it may hold (`https://user:token@host/x` -> `https://host/x`)."
+    from urllib.parse import urlsplit, urlunsplit
+    parts = urlsplit(url)
+    if not parts.scheme or "@" not in parts.netloc: return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+def source_tags(ctx:RunContext) -> dict:
+    "MLflow's standard source tags of a step run: notebook, its path in the repository, git commit, branch and remote."
+    from mlops_nb.context import pipelines_dir, repo_root
+    from mlflow.utils import mlflow_tags as T
+    nb, root = pipelines_dir()/f"{ctx.task_key}.ipynb", repo_root()
+    try: name = nb.relative_to(root).as_posix() if root else str(nb)
+    except ValueError: name = str(nb)
+    tags = {T.MLFLOW_SOURCE_TYPE: "NOTEBOOK", T.MLFLOW_SOURCE_NAME: name, T.MLFLOW_GIT_COMMIT: ctx.git_sha}
+    if root:
+        branch = _git_out(root, "rev-parse", "--abbrev-ref", "HEAD")
+        if branch and branch != "HEAD": tags[T.MLFLOW_GIT_BRANCH] = branch
+        url = _git_out(root, "remote", "get-url", "origin")
+        if url: tags[T.MLFLOW_GIT_REPO_URL] = public_url(url)
+    return {k: v for k, v in tags.items() if v}
+
 # %% ../nbs/05_tracking.ipynb #4314d852
 _LINEAGE_KEYS = ("GIT_SHA", "GIT_DIRTY", "DBR_JOB_ID", "DBR_RUN_ID", "MLFLOW_RUN_ID", "env", "task_key", "python",
                  "environment_hash", "environment_packages", "mlops_nb_path", "on_databricks")
@@ -89,12 +119,13 @@ def lineage_tags(tags:dict) -> dict:
 def log_lineage(ctx:RunContext, # the run this step belongs to
                 spark=None,     # the step's Spark session, if it has one; default the active one
                ) -> dict:
-    "Tag the active MLflow run with its code, job, infrastructure and environment lineage; log the package list."
+    "Tag the active MLflow run with its code (and what made its tree dirty), job, infrastructure and environment lineage; log the package list."
     import mlflow, mlops_nb
     env_tags, packages = environment()
     tags = {**ctx.tags(), "MLFLOW_RUN_ID": mlflow.active_run().info.run_id, "on_databricks": str(ctx.on_databricks).lower(),
             "mlops_nb_path": str(Path(mlops_nb.__file__).resolve().parent), **env_tags,
-            **{f"infra.{k}": v for k, v in infrastructure(spark).items()}}
+            **{f"infra.{k}": v for k, v in infrastructure(spark).items()}, **source_tags(ctx)}
+    if ctx.git_dirty == "true" and (files := dirty_files(pipelines_dir())): tags["GIT_DIRTY_FILES"] = "; ".join(files)[:5000]
     mlflow.set_tags(tags)
     mlflow.log_text(packages, ENVIRONMENT_ARTIFACT)
     return tags
@@ -147,10 +178,18 @@ def log_data_lineage(snapshot,               # a lakehouse.Snapshot
     mlflow.set_tags(tags)
     return tags
 
-def set_step_outputs(**outputs):
-    "Record what this step produced (`output.<name>` tags), which the runner reads back for its summary."
+def step_note(task_key:str, outputs:dict) -> str:
+    "The one-line summary of a step run that MLflow's UI shows as its description (`mlflow.note.content`)."
+    said = [f"{k.replace('_', ' ')} {v}" for k, v in outputs.items() if v not in (None, "")]
+    return f"{task_key}: " + (", ".join(said) if said else "nothing produced")
+
+def set_step_outputs(summary:str=None, **outputs):
+    "Record what this step produced (`output.<name>` tags, which the runner reads back) and its one-line note."
     import mlflow
-    mlflow.set_tags({f"output.{k}": str(v) for k, v in outputs.items()})
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+    task_key = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get("task_key", "step")
+    note = f"{task_key}: {summary}" if summary else step_note(task_key, outputs)
+    mlflow.set_tags({**{f"output.{k}": str(v) for k, v in outputs.items()}, MLFLOW_RUN_NOTE: note})
 
 def finish_step_run(status:str="FINISHED"):
     "End the step's MLflow run."

@@ -190,6 +190,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
             f"held-out AUC {metrics['auc']:.4f}")
     client.update_model_version(cfg.registered_model, mv.version, description=desc)
     _tag_candidate(client, ctx, cfg.registered_model, mv.version, run.info.run_id, model_type, lineage)
-    set_step_outputs(model_name=cfg.registered_model, model_version=mv.version)
+    set_step_outputs(summary=f"registered version {mv.version}: {desc}", model_name=cfg.registered_model,
+                     model_version=mv.version)
     finish_step_run()
     return TrainResult(cfg.registered_model, str(mv.version), run.info.run_id, metrics, snap.version, info.model_uri)

@@ -117,6 +117,12 @@ def test_a_clearly_better_challenger_is_promoted_and_the_decision_is_recorded(de
         cl = client()
         run = cl.get_run(d.mlflow_run_id)
         assert run.data.metrics["win_rate"] == c["win_rate"] and run.data.tags["output.promoted"] == "true"
+        # stable metric names, the versions as params: runs compare on one metric whatever versions they judged
+        assert {"challenger_auc", "champion_auc", "auc_diff", "win_rate", "candidate_auc"} <= set(run.data.metrics)
+        assert not [k for k in run.data.metrics if k.startswith("v") and k[1].isdigit()], run.data.metrics
+        assert (run.data.params["challenger_version"], run.data.params["champion_version"]) == (dev_lab["strong"], dev_lab["weak"])
+        hist = cl.get_metric_history(d.mlflow_run_id, "candidate_auc")
+        assert dev_lab["strong"] in {str(m.step) for m in hist}
         arts = {f.path for f in cl.list_artifacts(d.mlflow_run_id, "evaluation")}
         assert arts >= {"evaluation/decision.json", "evaluation/bootstrap_auc.png", "evaluation/roc.png"}
         rec = json.loads(open(cl.download_artifacts(d.mlflow_run_id, "evaluation/decision.json")).read())
@@ -130,6 +136,24 @@ def test_a_copy_of_the_champion_is_not_promoted_and_candidates_are_cleared(dev_l
     assert d.outcome == "reject" and d.compared["win_rate"] == 0.0 and d.champion_after == dev_lab["strong"]
     assert dev_lab["aliases"] == {"champion": dev_lab["strong"], "challenger": None}
     assert all(t["candidate"] == "false" for t in tags.values())
+
+
+def test_the_run_summary_says_what_was_decided_and_why(dev_lab):
+    "`mlops-nb run`'s decision line, from each decision record of the lab (in process: no pipeline run)."
+    from dataclasses import asdict
+    from mlops_nb.decisions import decision_summary
+    say = lambda d: decision_summary(asdict(d), "dev", 0.9)
+    s = say(dev_lab["d_dummy"])
+    assert s["outcome"] == "none" and s["refused"][0]["version"] == dev_lab["dummy"]
+    assert "predictions" in [f["check"] for f in s["refused"][0]["failed"]]
+    assert s["summary"].startswith(f"no candidate passed validation; champion stays version none; refused version {dev_lab['dummy']} (failed ")
+    s = say(dev_lab["d_sliced"])
+    assert f"refused version {dev_lab['sliced']} (failed slices: " in s["summary"] and "below 0.99" in s["summary"]
+    s = say(dev_lab["d_strong"])
+    assert s["summary"].startswith(f"promoted version {dev_lab['strong']} to champion: it won ") and f"champion version {dev_lab['weak']} (90% required)" in s["summary"]
+    s = say(dev_lab["d_again"])
+    assert s["summary"].startswith(f"kept champion version {dev_lab['strong']}: challenger version {dev_lab['again']} lost the comparison: it won 0.0% of 200")
+    assert "AUC difference +0.0000" in s["summary"] and s["win_rate"] == 0.0
 
 
 # --- rollback through the CLI, then a real score run ---------------------------------------------------------
@@ -185,6 +209,13 @@ def test_prod_stops_at_challenger_until_promote(make_home):
         d = evaluate("prod")
         assert d.outcome == "await_approval" and not d.promoted and "requires approval" in d.reason
         assert (alias(PROD, "champion"), alias(PROD, "challenger")) == (None, v)
+        from dataclasses import asdict
+        from mlops_nb.config import load_config
+        from mlops_nb.decisions import decision_summary
+        s = decision_summary(asdict(d), "prod", load_config("prod").promote_win_rate)
+        assert s["promote_command"] == f"mlops-nb promote --env prod --version {v}"
+        assert s["summary"].startswith(f"stopped version {v} at challenger because env prod requires approval (it won ")
+        assert s["summary"].endswith(f"; to promote it run: mlops-nb promote --env prod --version {v}")
     r = home.cli("promote", "--env", "prod", "--json", env={"MLOPS_NB_USER": "alice"})
     assert r.returncode == 0, str(r)
     assert (r.json()["to_version"], r.json()["user"], r.json()["reason"]) == (v, "alice", "manual approval")

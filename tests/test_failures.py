@@ -1,7 +1,7 @@
 """Bad input and failing steps: one clear line on stderr, the right exit code, nothing registered or written,
 no MLflow run left RUNNING, later steps skipped, and the partly executed notebook kept."""
 from __future__ import annotations
-import json, shutil
+import json, re, shutil
 from pathlib import Path
 import pytest
 from conftest import PREDICTIONS, TRAINING
@@ -178,6 +178,9 @@ def test_one_class_label_fails_clearly(one_class_run):
     assert train["error"] in line
     # the message names the notebook, the cell and the partly executed notebook, which exists
     assert "notebook train.ipynb" in line and "cell [" in line
+    # it names the line of the cell that raised and where in our code, not the cell's first line
+    assert re.search(r"cell \[\d+\] line 3 `result = train_candidate\(ctx, cfg, [^`]*` \(at mlops_nb/\w+\.py:\d+\) raised DataError", line), line
+    assert "parse_bool" not in line
     assert train["output_notebook"] in line
     nb = Path(train["output_notebook"])
     assert nb.is_file() and nb.parent == home.path/"runs"/j["job_run_id"]

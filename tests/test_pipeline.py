@@ -74,6 +74,13 @@ def test_exactly_one_champion(runs):
     d = json.loads(open(decision).read())
     assert d["champion_before"] == "1" and d["champion_after"] == expected
     assert [x["version"] for x in d["candidates"]] == ["2"]  # version 1 was no candidate any more
+    # the summary says what evaluate decided and why, from that record
+    assert j1["decision"]["outcome"] == "promote" and j1["decision"]["champion_after"] == "1"
+    assert j1["decision"]["summary"].startswith("promoted version 1 to champion: it won ") and "against the baseline AUC" in j1["decision"]["summary"]
+    dec2 = j2["decision"]
+    assert (dec2["outcome"], dec2["challenger"], dec2["champion_after"]) == (d["outcome"], "2", expected)
+    assert dec2["win_rate"] == d["compared"]["win_rate"] and dec2["refused"] == [] and dec2["promote_command"] is None
+    assert dec2["summary"].startswith("promoted version 2" if expected == "2" else "kept champion version 1: challenger version 2 lost")
 
 
 def test_step_runs_finished_with_lineage_tags(runs):
@@ -88,6 +95,8 @@ def test_step_runs_finished_with_lineage_tags(runs):
             assert t["DBR_JOB_ID"] == j["job_id"]
             assert t["GIT_SHA"] == j["git_sha"]
             assert t["GIT_DIRTY"] == ("true" if j["git_dirty"] else "false")
+            # what made the tree dirty, by `git status` (ignored files never count), recorded only when it was
+            assert bool(t.get("GIT_DIRTY_FILES")) == j["git_dirty"], t.get("GIT_DIRTY_FILES")
             assert t["task_key"] == s["name"]
             assert t["env"] == "dev"
             assert t["MLFLOW_RUN_ID"] == s["mlflow_run_id"]
@@ -203,5 +212,26 @@ def test_summary_table(runs):
     assert step_rows[0][3] == j2["champion"]["version"]  # the champion column
     assert any(l.startswith("job run local-") and ": SUCCEEDED in " in l for l in lines)
     assert f"champion: {MODEL} version {j2['champion']['version']}" in lines
+    assert f"evaluate: no candidates to evaluate; champion stays version {j2['champion']['version']}" in lines
     # the champion did not move: no candidate was left to evaluate
     assert str(home.client().get_model_version_by_alias(MODEL, "champion").version) == j2["champion"]["version"]
+
+
+def test_step_runs_carry_mlflow_standard_tags(runs):
+    "MLflow's own source and note tags, so its UI shows each run's notebook, commit and a one-line summary."
+    import subprocess
+    from conftest import REPO
+    home, j1, j2 = runs
+    c = home.client()
+    branch = subprocess.run(["git", "rev-parse", "--abbrev-ref", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    for j in (j1, j2):
+        for s in j["steps"]:
+            t = c.get_run(s["mlflow_run_id"]).data.tags
+            assert (t["mlflow.source.type"], t["mlflow.source.name"]) == ("NOTEBOOK", f"nbs/pipelines/{s['name']}.ipynb")
+            assert t["mlflow.source.git.commit"] == j["git_sha"] == t["GIT_SHA"]
+            if branch != "HEAD": assert t["mlflow.source.git.branch"] == branch
+            assert t["mlflow.note.content"].startswith(f"{s['name']}: ") and "\n" not in t["mlflow.note.content"]
+    train = c.get_run(j2["model"]["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert train.startswith(f"train: registered version {j2['model']['version']}: hgb trained by job run ") and "AUC" in train
+    score = next(s for s in j1["steps"] if s["name"] == "score")
+    assert "rows 1000" in c.get_run(score["mlflow_run_id"]).data.tags["mlflow.note.content"]

@@ -34,7 +34,7 @@ def check_match(r, run_id, client):
     rep = json.loads(r.stdout)
     assert rep["matches"] is True and rep["max_abs_prediction_diff"] == 0.0 and rep["holdout_rows"] > 100
     assert all(m["abs_diff"] == 0.0 for m in rep["metrics"].values()) and "holdout_auc" in rep["metrics"]
-    assert rep["differences"] == {"code": [], "data": [], "environment": [], "results": []}
+    assert rep["differences"] == {"code": [], "data": [], "environment": [], "results": []} and rep["run_id"] == run_id
     new = client.get_run(rep["reproduced_run_id"])
     assert new.data.tags["reproduces"] == run_id and new.data.tags["registered"] == "false"
     assert new.data.tags["mlops_nb_path"].startswith("/") and "mlops-nb-reproduce-" in new.data.tags["mlops_nb_path"]
@@ -51,7 +51,7 @@ def test_clean_commit_reproduces_through_time_travel(trained):
     df = DeltaTable(table_dir(home)).to_pandas()
     write_deltalake(table_dir(home), df.sample(frac=0.5, random_state=1).reset_index(drop=True), mode="overwrite")
     assert DeltaTable(table_dir(home)).version() == 1
-    check_match(reproduce(env, src, run_id), run_id, client)
+    check_match(reproduce(env, src, f"models:/{MODEL}@champion"), run_id, client)  # a model URI: the run that trained it
     assert [v.version for v in client.search_model_versions(f"name='{MODEL}'")] == versions  # registry unchanged
     assert "mlops-nb-reproduce-" not in subprocess.run(["git", "-C", str(src), "worktree", "list"], capture_output=True, text=True).stdout
 
@@ -89,7 +89,7 @@ def test_fingerprint_mismatch_is_reported(trained, tmp_path):
 
 
 def test_refusals(trained):
-    "A dirty run, a commit the repo lacks, a step that is not train, an unknown run: one line, exit 1."
+    "A dirty run (naming its uncommitted files), an unknown model version, a commit the repo lacks, a step that is not train, an unknown run: one line, exit 1."
     src, home, env, run_id = trained
     client = mlflow_client(home)
     orig = client.get_run(run_id)
@@ -99,6 +99,9 @@ def test_refusals(trained):
         client.set_terminated(r.info.run_id)
         return r.info.run_id
     cases = [(copy_run(GIT_DIRTY="true"), "trained from a dirty working tree (GIT_DIRTY=true)"),
+             (copy_run(GIT_DIRTY="true", GIT_DIRTY_FILES="untracked mlflow.db; modified nbs/07_training.ipynb"),
+              "uncommitted: untracked mlflow.db; modified nbs/07_training.ipynb; code that is in no commit"),
+             (f"models:/{MODEL}/99", f"model {MODEL} has no version 99"),
              (copy_run(GIT_SHA="f" * 40), f"commit {'f' * 40}, which is not in the git repository at {src}"),
              ("0" * 32, "no MLflow run")]
     explore = client.create_run(orig.info.experiment_id, tags={"task_key": "explore"}).info.run_id

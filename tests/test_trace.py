@@ -80,11 +80,16 @@ def test_trace_prediction_id(shared):
     check_training_lineage(t, shared)
     assert (t["kind"], t["prediction"]["prediction_id"], t["prediction"]["model_version"]) == ("prediction", pid, job["champion"]["version"])
     assert t["scoring"]["job_run_id"] == job["job_run_id"] and t["scoring"]["notebooks"]
+    # the scoring notebooks are the score run's own, never the job run's train step (which may have trained another version)
+    score = next(s["mlflow_run_id"] for s in job["steps"] if s["name"] == "score")
+    assert [(n["step"], n["mlflow_run_id"]) for n in t["scoring"]["notebooks"]] == [("score", score)]
+    assert t["model"]["mlflow_run_id"] == t["prediction"]["model_run_id"]  # the train run of the version that made it
 
 
 @pytest.mark.parametrize("target, message", [
     ("models:/dev.mlops_nb.demo_model/99", "model dev.mlops_nb.demo_model has no version 99: deleted, never registered"),
     ("models:/dev.mlops_nb.demo_model@nobody", "has no alias 'nobody'"),
+    ("models:/dev.mlops_nb.other/1", "no model dev.mlops_nb.other is registered there"),
     ("0123456789abcdef0123456789abcdef", "found no such model URI, MLflow run or prediction id in dev.mlops_nb.predictions"),
     ("my-model", "target 'my-model': expected models:/<name>/<version>, models:/<name>@<alias>"),
 ])
@@ -93,14 +98,23 @@ def test_trace_bad_targets(shared, target, message):
     assert r.returncode == 1 and r.stdout == "", r
     assert r.stderr.strip().splitlines() == [l for l in r.stderr.strip().splitlines() if l.startswith("mlops-nb trace: error:")]
     assert message in r.stderr and "Traceback" not in r.stderr
+    if target.startswith("models:/"): assert target not in r.stderr  # the hint never suggests the URI that just failed
 
 
 def test_trace_step_that_trained_nothing(shared):
+    "An evaluate run (it trained no model, scored with none) is traced by its own lineage, with its decision."
     src, home, env, job = shared
     evaluate = next(s["mlflow_run_id"] for s in job["steps"] if s["name"] == "evaluate")
     r = trace(shared, evaluate)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert f"run {evaluate} is the evaluate step of job run {job['job_run_id']}: it trained no model" in r.stderr
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    t = json.loads(r.stdout)
+    assert (t["kind"], t["env"], t["step"]["task_key"], t["step"]["mlflow_run_id"], t["step"]["status"]) == ("run", "dev", "evaluate", evaluate, "FINISHED")
+    assert t["step"]["decision"].startswith(f"promoted version {job['model']['version']} to champion: it won ")
+    assert t["model"]["name"] is None and t["missing"] == []
+    assert (t["code"]["git_sha"], t["job"]["run_id"]) == (head(src), job["job_run_id"])
+    text = cli(env, "trace", evaluate, cwd=src).stdout.splitlines()
+    assert text[0] == f"trace of {evaluate} (env dev, run)" and text[1].startswith(f"step              evaluate, MLflow run {evaluate} (FINISHED); evaluate promoted version")
+    assert not any(l.startswith("model ") for l in text)
 
 
 def test_trace_deleted_version_and_missing_link(shared, tmp_path):
