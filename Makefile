@@ -9,13 +9,16 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks bench clean
+.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks bench clean reset-demo lab
 
 help:
 	@echo "make demo   set up .venv, write demo data, run the whole pipeline (explore, train, evaluate, score)"
 	@echo "make test   set up .venv, check notebooks and module are in sync, then nbdev_test, nbval, pytest"
 	@echo "make bench  run every benchmark script (bench/bench_*.py) and print its figures"
 	@echo "make notebooks  re-execute the library notebooks (outputs nbval checks), clean and export them"
+	@echo "make lab    JupyterLab on nbs/ with this repo's kernel and store (LAB_PORT, default 8888)"
+	@echo "make clean  remove test and build leftovers; keeps the local store (.mlops) and .venv"
+	@echo "make reset-demo  a fresh local store: remove the store, artifacts, tables and runs, write the demo tables"
 
 # Re-install only when the requirements change (settings.ini / setup.py).
 $(STAMP): settings.ini setup.py
@@ -111,5 +114,23 @@ notebooks: venv
 bench: venv
 	@set -e; for f in bench/bench_*.py; do echo "== $$f"; $(BIN)/python $$f; done
 
+# JupyterLab (dev extras) on the notebooks, with this repository's package first on the kernels' path. The kernel is
+# `python3`, this venv's Python; the store is the default home (`.mlops` at the repository root), the one `make demo`
+# and `mlops-nb` use, so a pipeline notebook runs cell by cell with a user's defaults. As root (a container) it adds
+# --allow-root, which Jupyter otherwise requires. LAB_ARGS=--no-browser etc.
+LAB_PORT ?= 8888
+LAB_ARGS ?=
+lab: venv
+	@echo "JupyterLab on nbs/ (kernel python3 = $(abspath $(BIN))/python; store $$($(BIN)/mlops-nb env --json | $(BIN)/python -c 'import json,sys; print(json.load(sys.stdin)["mlops_home"])'))"
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/jupyter lab --notebook-dir=nbs --ServerApp.port=$(LAB_PORT) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
 clean:
-	rm -rf $(TEST_HOME) .nbval .pytest_cache test-results.xml
+	rm -rf $(TEST_HOME) .nbval .pytest_cache test-results.xml build _proc *.egg-info
+	@echo "make clean kept the local store .mlops (your runs, models and tables: \`make reset-demo\` gives a fresh one) and .venv (delete it to reinstall)"
+
+# A fresh local store (asks nothing): removes the default home's MLflow store, artifacts, tables and runs, printing
+# each, then writes the demo tables (RESET_ARGS=--no-data to only remove, --rows N). Refuses, removing nothing, when
+# MLFLOW_TRACKING_URI is set, when the home holds files mlops-nb did not write, or while a command holds an env's lock.
+RESET_ARGS ?=
+reset-demo: venv
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(BIN)/python tools/reset_demo.py $(RESET_ARGS)

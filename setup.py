@@ -11,10 +11,8 @@ expected = cfg_keys + "lib_name user branch license status min_python audience l
 for o in expected: assert o in cfg, "missing expected setting: {}".format(o)
 setup_cfg = {o: cfg[o] for o in cfg_keys}
 
-licenses = {
-    'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License'),
-    'mit': ('MIT License', 'OSI Approved :: MIT License'),
-}
+# The license as an SPDX expression, not a `License ::` classifier (setuptools 77+ deprecates those).
+licenses = {'apache2': 'Apache-2.0', 'mit': 'MIT'}
 statuses = ['0 - Pre-Planning', '1 - Planning', '2 - Pre-Alpha', '3 - Alpha',
             '4 - Beta', '5 - Production/Stable', '6 - Mature', '7 - Inactive']
 py_versions = '3.11 3.12'.split()
@@ -22,7 +20,7 @@ py_versions = '3.11 3.12'.split()
 requirements = shlex.split(cfg.get('requirements', ''))
 if cfg.get('pip_requirements'): requirements += shlex.split(cfg.get('pip_requirements', ''))
 min_python = cfg['min_python']
-lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
+lic = licenses.get(cfg['license'].lower(), cfg['license'])
 dev_requirements = shlex.split(cfg.get('dev_requirements') or '')
 
 package_data = dict()
@@ -32,14 +30,15 @@ setup_cfg['package_data'] = package_data
 
 setuptools.setup(
     name=cfg['lib_name'],
-    license=lic[0],
+    license=lic,
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])],
                  'Intended Audience :: ' + cfg['audience'].title(),
                  'Natural Language :: ' + cfg['language'].title()] +
-                ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]] +
-                (['License :: ' + lic[1]] if lic[1] else []),
+                ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]],
     url=cfg['git_url'],
-    packages=setuptools.find_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*']),
+    # namespace discovery: the data folder mlops_nb/templates (no __init__.py) is a package of its own, so setuptools
+    # ships its files without warning that an importable folder is missing from `packages`
+    packages=setuptools.find_namespace_packages(include=[cfg['lib_name'], cfg['lib_name'] + '.*'], exclude=['*.__pycache__']),
     include_package_data=True,
     install_requires=requirements,
     extras_require={'dev': dev_requirements},

@@ -121,11 +121,14 @@ def add_deploy_commands(sub):
     json_flag(d, "print a JSON summary on stdout (progress on stderr)")
 
 def add_serving_commands(sub):
-    "`serve`."
+    "`serve` and `ui` (MLflow's UI on the local store)."
     s = command(sub, "serve", "serving:cmd_serve", "serve the champion over HTTP (FastAPI on uvicorn)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level")
+    u = command(sub, "ui", "mlflow_store:cmd_ui", "start MLflow's UI on the env's local store (never creates one)")
+    u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
 
 # %% ../nbs/11_cli.ipynb #d1b56893
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +164,16 @@ def console_main():
     except SystemExit as e:  # argparse's usage errors and --help
         if isinstance(e.code, str): print(e.code, file=sys.stderr)
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BrokenPipeError:  # the reader left (`mlops-nb render-jobs ... | head`): stop quietly, as `yes | head` does
+        _quiet_stdout()
+        code = 141  # 128 + SIGPIPE, the status of a program the shell's SIGPIPE stopped
     except BaseException:
         traceback.print_exc()
         code = 1
     exit_process(code)
+
+def _quiet_stdout():
+    "Point stdout at /dev/null, so no later flush of the closed pipe can fail."
+    import os
+    try: os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError): pass

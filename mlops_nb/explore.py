@@ -26,34 +26,36 @@ def _sample(df:pd.DataFrame, max_rows:int, seed:int) -> pd.DataFrame:
 
 # %% ../nbs/06_explore.ipynb #a4ce34dd
 def eda_figures(df:pd.DataFrame, cols:Columns, max_rows:int=50_000, seed:int=0) -> dict:
-    "Figures of class balance, missing values, feature distributions by class and correlations; {file name: figure}."
+    "Figures of class balance and missing values (whole table), feature distributions by class and correlations (at most `max_rows` sampled rows, as their titles say); {file name: figure}."
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     d = _sample(df, max_rows, seed)
-    figs = {}
+    of = f" (sample of {len(d):,} of {len(df):,} rows)" if len(d) < len(df) else ""
+    figs, cls_name = {}, lambda c: f"{cols.label}={c}"
     fig, ax = plt.subplots(figsize=(4, 3))
-    d[cols.label].value_counts().sort_index().plot.bar(ax=ax, color=["#4c72b0", "#dd8452"])
-    ax.set(title="Class balance", xlabel=cols.label, ylabel="rows"); fig.tight_layout(); figs["class_balance.png"] = fig
+    df[cols.label].value_counts().sort_index().plot.bar(ax=ax, color=["#4c72b0", "#dd8452"])
+    ax.set(title=f"Class balance ({len(df):,} rows)", xlabel=cols.label, ylabel="rows"); fig.tight_layout(); figs["class_balance.png"] = fig
     fig, ax = plt.subplots(figsize=(6, 3))
-    (d[cols.features].isna().mean() * 100).plot.bar(ax=ax, color="#8172b3")
-    ax.set(title="Missing values", ylabel="% of rows"); fig.tight_layout(); figs["missing_values.png"] = fig
+    (df[cols.features].isna().mean() * 100).plot.bar(ax=ax, color="#8172b3")
+    ax.set(title=f"Missing values ({len(df):,} rows)", ylabel="% of rows"); fig.tight_layout(); figs["missing_values.png"] = fig
     feats = cols.features[:24]
     n = len(feats); ncol = min(4, n); nrow = int(np.ceil(n / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(3.2*ncol, 2.6*nrow), squeeze=False)
     for ax, c in zip(axes.flat, feats):
         if c in cols.numeric:
-            for cls, g in d.groupby(cols.label)[c]: ax.hist(g.dropna(), bins=40, alpha=0.5, density=True, label=f"{cols.label}={cls}")
+            for cls, g in d.groupby(cols.label)[c]: ax.hist(g.dropna(), bins=40, alpha=0.5, density=True, label=cls_name(cls))
         else:
-            d.groupby(cols.label)[c].value_counts(normalize=True).unstack(0).plot.bar(ax=ax, legend=False)
-        ax.set_title(c, fontsize=9)
+            d.groupby(cols.label)[c].value_counts(normalize=True).unstack(0).rename(columns=cls_name).plot.bar(ax=ax)
+            ax.set(xlabel="", ylabel="share of class")
+        ax.set_title(c, fontsize=9); ax.legend(fontsize=6)
     for ax in list(axes.flat)[n:]: ax.axis("off")
-    axes.flat[0].legend(fontsize=7); fig.suptitle("Feature distributions by class"); fig.tight_layout(); figs["feature_distributions.png"] = fig
+    fig.suptitle("Feature distributions by class" + of); fig.tight_layout(); figs["feature_distributions.png"] = fig
     num = d[cols.numeric + [cols.label]].corr()
     fig, ax = plt.subplots(figsize=(0.5*len(num) + 2, 0.5*len(num) + 1.5))
     im = ax.imshow(num.to_numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
     ax.set_xticks(range(len(num)), num.columns, rotation=90, fontsize=7); ax.set_yticks(range(len(num)), num.columns, fontsize=7)
-    fig.colorbar(im, ax=ax); ax.set_title("Correlations (numeric features and label)"); fig.tight_layout(); figs["correlations.png"] = fig
+    fig.colorbar(im, ax=ax); ax.set_title("Correlations (numeric features and label)" + of, fontsize=9); fig.tight_layout(); figs["correlations.png"] = fig
     return figs
 
 # %% ../nbs/06_explore.ipynb #c603064a

@@ -12,7 +12,7 @@ from .config import EnvConfig, home_source, mlops_home, on_databricks
 
 # %% auto #0
 __all__ = ['tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'check_tracking_server', 'configure_mlflow',
-           'store_description', 'require_store', 'describe_env']
+           'store_description', 'require_store', 'describe_env', 'ui_command', 'cmd_ui']
 
 # %% ../nbs/01a_mlflow_store.ipynb #ad2f9c1f
 def tracking_uri() -> str:
@@ -120,3 +120,35 @@ def describe_env(cfg:EnvConfig) -> dict:
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))
                     and any(w in k for w in _SECRET_WORDS)}
     return d
+
+# %% ../nbs/01a_mlflow_store.ipynb #ui_cmd
+def ui_command(port:int=5000, host:str="127.0.0.1") -> list[str]:
+    "The `mlflow server` command line that shows the local MLflow store in MLflow's UI (the store must exist)."
+    import sys
+    from mlops_nb.core import ConfigError
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        raise ConfigError(f"the MLflow store is {store_description()}, not a local store: open its own UI in a browser "
+                          "(mlops-nb ui shows the local store; unset MLFLOW_TRACKING_URI to use it)")
+    require_store()
+    return [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--registry-store-uri", registry_uri(),
+            "--default-artifact-root", artifact_root(), "--artifacts-destination", artifact_root(),
+            "--host", host, "--port", str(port), "--workers", "1"]
+
+def cmd_ui(a) -> int:
+    "Start MLflow's UI on the env's local store (this process becomes the server; Ctrl-C stops it)."
+    import socket, sys
+    from mlops_nb.config import load_config
+    cfg, argv = load_config(a.env), ui_command(a.port, a.host)
+    with socket.socket() as s:   # a port in use fails here, in one line, not in uvicorn's traceback
+        try: s.bind((a.host, a.port))
+        except OSError as e: raise ServiceError(f"cannot listen on {a.host}:{a.port} ({e.strerror}): pass a free --port") from None
+    import mlflow
+    exp = mlflow.MlflowClient(tracking_uri(), registry_uri()).get_experiment_by_name(cfg.experiment_name)
+    where = f"#/experiments/{exp.experiment_id}" if exp else ""
+    print(f"MLflow UI on {store_description()}: http://{a.host}:{a.port}/{where}"
+          + ("" if exp else f" (no experiment {cfg.experiment_name} in it yet)") + "; Ctrl-C stops it", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    # no GenAI job runner, no usage telemetry: a local viewer of our runs
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    os.execve(argv[0], argv, env)

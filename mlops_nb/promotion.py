@@ -12,7 +12,7 @@ from .registry import get_alias, champion_history, champion_stack, history_table
 
 # %% auto #0
 __all__ = ['check_target', 'promote', 'version_of_run', 'previous_champion', 'rollback', 'cmd_promote', 'cmd_rollback',
-           'cmd_champions']
+           'format_champions', 'cmd_champions']
 
 # %% ../nbs/08a_promotion.ipynb #8b74dc97
 def _versions(client, name:str) -> list:
@@ -115,12 +115,22 @@ def cmd_rollback(a) -> int:
     with locked_env(a.env): _show(rollback(load_config(a.env), a.version, a.mlflow_run_id, a.reason or ""), a.json)
     return 0
 
+_CHAMPION_COLUMNS = (("seq", "seq"), ("moved at", "moved_at"), ("action", "action"), ("from", "from_version"),
+                     ("to", "to_version"), ("trigger", "trigger"), ("user", "user"), ("reason", "reason"))
+
+def format_champions(hist:list) -> str:
+    "The history of champion moves as a plain-text table with a header: who moved it, how (trigger) and why."
+    rows = [[str(h.get(k) or "-") for _, k in _CHAMPION_COLUMNS] for h in hist]
+    head = [t for t, _ in _CHAMPION_COLUMNS]
+    w = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
+    line = lambda r: "  ".join(v.ljust(n) for v, n in zip(r, w)).rstrip()
+    return "\n".join([line(head), line(["-" * n for n in w])] + [line(r) for r in rows])
+
 def cmd_champions(a) -> int:
     "Print the history of champion moves."
     cfg = load_config(a.env)
     hist = champion_history(cfg)
     if a.json: print(json.dumps(hist, indent=2))
     elif not hist: print(f"{cfg.registered_model}: no champion moves yet in {store_description()}")
-    else:
-        for h in hist: print(f"{h['seq']:>3}  {h['moved_at']}  {h['action']:8}  {h['from_version'] or '-':>4} -> {h['to_version']:<4} {h['user']:12} {h['reason']}")
+    else: print(format_champions(hist))
     return 0

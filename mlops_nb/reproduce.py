@@ -279,6 +279,7 @@ def format_reproduction(r:Reproduction) -> str:
     "A reproduction report: the verdict, the comparison, and what differs."
     lines = [f"reproduce run {r.run_id} (commit {r.git_sha[:12]}, env {r.env}): {'MATCH' if r.matches else 'DIFFERS'} in {r.seconds:.1f}s"]
     if r.reproduced_run_id: lines.append(f"reproduced as MLflow run {r.reproduced_run_id} (tag reproduces={r.run_id}); registry unchanged")
+    if r.metrics: lines.append(f"  {'metric':25} {'original':>22} {'reproduced':>22}  abs diff")
     for k, m in r.metrics.items():
         lines.append(f"  metric {k:18} {m['original']!s:>22} {m['reproduced']!s:>22}  diff {m['abs_diff']}")
     if r.max_abs_prediction_diff is not None:

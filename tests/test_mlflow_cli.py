@@ -95,3 +95,48 @@ def test_pipeline_and_trace_against_remote_server(mlflow_server, tmp_path):
     assert [n["step"] for n in t["notebooks"]] == ["train", "evaluate"]
     stored = list((server_tmp/"server-artifacts").rglob("train.ipynb"))  # the server stored the executed notebook
     assert stored and list((server_tmp/"server-artifacts").rglob("requirements.txt"))
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200, url
+        return json.loads(r.read())
+
+
+def test_ui_shows_our_store(shared, tmp_path):
+    """`mlops-nb ui` serves MLflow's UI and REST API on the project's store (the experiment, the train run, the
+    registered model, an artifact); on a home with no store it says where it looked and creates nothing."""
+    src, home, env, job = shared
+    empty = tmp_path/"empty"
+    r = cli(clean_env(empty, src), "ui", "--port", free_port(), cwd=src, timeout=120)
+    assert r.returncode == 1 and f"no MLflow store at {empty.resolve()}/mlflow.db" in r.stderr, r.stderr
+    assert not empty.exists()
+    port, before = free_port(), sorted(p.name for p in home.iterdir())
+    log = open(tmp_path/"ui.log", "w")
+    proc = subprocess.Popen([str(BIN/"mlops-nb"), "ui", "--port", str(port)], env=env, cwd=src, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/", timeout=2) as page:
+                    assert page.status == 200 and b"<html" in page.read().lower(); break
+            except OSError: pass
+            assert proc.poll() is None, (tmp_path/"ui.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "mlops-nb ui did not answer within 120s"
+            time.sleep(0.5)
+        exps = get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=100")["experiments"]
+        exp = next(e for e in exps if e["name"] == "/Shared/mlops-nb/dev")
+        assert f"/#/experiments/{exp['experiment_id']}" in (tmp_path/"ui.log").read_text()  # the URL it printed
+        train = job["model"]["mlflow_run_id"]
+        run = get_json(f"{url}/api/2.0/mlflow/runs/get?run_id={train}")["run"]
+        assert {t["key"]: t["value"] for t in run["data"]["tags"]}["GIT_SHA"] == job["git_sha"]
+        assert get_json(f"{url}/api/2.0/mlflow/registered-models/get?name={MODEL}")["registered_model"]["name"] == MODEL
+        with urllib.request.urlopen(f"{url}/get-artifact?path=environment/requirements.txt&run_uuid={train}", timeout=10) as a:
+            assert b"mlflow==" in a.read()   # artifacts are served from the home's artifact root
+    finally:
+        proc.terminate()
+        try: proc.wait(timeout=30)
+        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
+        log.close()
+    assert sorted(p.name for p in home.iterdir()) == before and not (src/"mlflow.db").exists() and not (src/"mlartifacts").exists()
