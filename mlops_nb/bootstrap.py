@@ -10,7 +10,7 @@ from .core import DataError, ParameterError
 
 # %% auto #0
 __all__ = ['AucDraws', 'check_auc_inputs', 'check_n_boot', 'bootstrap_auc', 'bootstrap_resamples', 'paired_bootstrap_auc',
-           'Comparison', 'compare_auc', 'plot_bootstrap', 'plot_roc']
+           'Comparison', 'compare_auc', 'plot_bootstrap']
 
 # %% ../nbs/07b_bootstrap.ipynb #d58d55ae
 class AucDraws(np.ndarray):
@@ -243,16 +243,3 @@ def plot_bootstrap(cmp:Comparison, labels:tuple=("challenger", "champion")):
     ax.legend()
     return fig
 
-def plot_roc(y_true, curves:dict):
-    "ROC curves of several models' probabilities on the same rows, {label: probabilities}."
-    from matplotlib.figure import Figure
-    from sklearn.metrics import roc_curve, roc_auc_score
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    for label, p in curves.items():
-        fpr, tpr, _ = roc_curve(y_true, p)
-        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y_true, p):.4f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the held-out rows")
-    ax.legend(loc="lower right")
-    return fig

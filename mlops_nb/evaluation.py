@@ -10,7 +10,8 @@ from .core import utc_now
 from .config import EnvConfig
 from .context import RunContext
 from .registry import get_alias, find_candidates
-from .bootstrap import Comparison, check_n_boot, compare_auc, plot_bootstrap, plot_roc
+from .bootstrap import Comparison, check_n_boot, compare_auc, plot_bootstrap
+from .plots import plot_roc
 from .validation import Validation, validate_candidate, load_scorer, predict_positive
 from .tracking import data_fingerprint, log_dataset
 
@@ -56,6 +57,12 @@ def _tag_version(client, name:str, version, **tags):
     "Set tags on a model version."
     for k, v in tags.items(): client.set_model_version_tag(name, str(version), k, str(v))
 
+def _record_verdict(client, name:str, version, run_id:str, verdict:str):
+    "What evaluate made of a version, where its model page shows it: the `evaluation_reason` tag and a line of its description."
+    _tag_version(client, name, version, evaluation_reason=verdict[:5000])
+    desc = client.get_model_version(name, str(version)).description or ""
+    client.update_model_version(name, str(version), description=f"{desc}\n\nevaluate run {run_id}: {verdict}".strip())
+
 def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
     "Validate every candidate, tag it and log its results; return the validations."
     import mlflow
@@ -67,6 +74,9 @@ def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
         _tag_version(client, mv.name, mv.version, model_validation_status=v.status, validation_failures=",".join(v.failed),
                      validation_run_id=run_id, candidate="false")
         if v.auc is not None: mlflow.log_metric("candidate_auc", v.auc, step=int(v.version))  # one name; step: the version
+        if v.failed:  # refused: the version keeps why, though it gets no alias
+            why = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in v.checks if not c.passed)
+            _record_verdict(client, mv.name, mv.version, run_id, f"refused, failed validation ({why})")
         dec.candidates.append(v.record())
         out.append(v)
     return out
@@ -105,6 +115,7 @@ def _judge_best(client, ctx:RunContext, cfg:EnvConfig, dec:Decision, best:Valida
     dec.outcome, why = decide(cmp, cfg)
     dec.reason = f"version {best.version}: {why}"
     _tag_version(client, name, best.version, evaluation_decision=dec.outcome, evaluation_run_id=run_id)
+    _record_verdict(client, name, best.version, run_id, f"{dec.outcome}: {why}")
     if dec.outcome == "await_approval": _tag_version(client, name, best.version, approval_status="PENDING")
     else: client.delete_registered_model_alias(name, "challenger")
     if dec.outcome == "promote":

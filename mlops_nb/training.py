@@ -129,13 +129,16 @@ def _training_table(cfg:EnvConfig, table:str, version, label:str, keys:list, fea
                         f"and held-out rows; write more rows")
     return snap, cols, y, ho
 
-def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarray, threshold:float) -> tuple:
-    "Fit `model` on the training rows and log its held-out metrics and the model in the active run: (metrics, ModelInfo)."
+def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarray, threshold:float, seed:int=0) -> tuple:
+    "Fit `model` on the training rows and log its held-out metrics, figures and the model in the active run: (metrics, ModelInfo)."
     import mlflow
+    from mlops_nb.plots import training_figures
     model.fit(df.loc[~ho, cols.features], y[~ho])
     proba = positive_proba(model.predict_proba(df.loc[ho, cols.features]))
     metrics = score_metrics(y[ho], proba, threshold)
     mlflow.log_metrics({f"holdout_{k}": v for k, v in metrics.items()})
+    for name, fig in training_figures(model, df.loc[ho, cols.features], y[ho], proba, seed=seed).items():
+        mlflow.log_figure(fig, f"training/{name}")
     mlflow.log_metric("training_rows", int((~ho).sum()))
     return metrics, log_classifier(model, df.loc[~ho, cols.features].head(200))  # the signature's sample
 
@@ -181,7 +184,7 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
               "training_version": snap.version, "decision_threshold": cfg.decision_threshold}
     run = start_step_run(ctx, cfg, params)
     lineage = log_data_lineage(snap, context="training")
-    metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold)
+    metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold, cfg.seed)
     if not register: return _finish_unregistered(run, metrics, snap.version, info)
     try:  # register_model prints "Successfully registered ..." to stderr: the step prints its own line
         with contextlib.redirect_stderr(io.StringIO()):

@@ -86,6 +86,19 @@ def test_a_dummy_model_fails_validation_and_never_gets_an_alias(dev_lab):
     assert tags["model_validation_status"] == "FAILED" and "predictions" in tags["validation_failures"].split(",")
     assert tags["candidate"] == "false"
     assert "constant model" in json.dumps(d.candidates)
+    # the refused version keeps why, where its model page shows it (a tag and its description), though it has no alias
+    assert tags["evaluation_reason"].startswith("refused, failed validation (predictions: ") and "constant model" in tags["evaluation_reason"]
+    with pointed_at(dev_lab["home"].path):
+        desc = client().get_model_version(DEV, dev_lab["dummy"]).description
+    assert desc.startswith("dummy trained by job run ") and f"evaluate run {d.mlflow_run_id}: refused, failed validation" in desc
+
+
+def test_every_judged_version_records_the_verdict(dev_lab):
+    for key in ("weak", "strong"):
+        t = dev_lab["tags"][dev_lab[key]]
+        assert t["evaluation_reason"].startswith("promote: ") and "win" in t["evaluation_reason"], t["evaluation_reason"]
+    sliced = dev_lab["tags"][dev_lab["sliced"]]["evaluation_reason"]
+    assert sliced.startswith("refused, failed validation (") and "slice" in sliced, sliced
 
 
 def test_the_first_champion_is_compared_with_the_baseline_auc(dev_lab):

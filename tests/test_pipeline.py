@@ -263,3 +263,12 @@ def test_step_runs_record_their_data_as_mlflow_datasets(runs):
     assert (tr["fingerprint"], tr["version"], tr["rows"]) == (train_tags["data_fingerprint"], train_tags["data_version"], train_tags["data_rows"])
     sc = {t.key: t.value for t in c.get_run(step["score"]["mlflow_run_id"]).inputs.dataset_inputs[0].tags}
     assert sc["rows"] == "1000"
+
+
+def test_train_runs_log_their_own_plots(runs):
+    "Each train run logs the figures of its model on its held-out rows, not only evaluate."
+    home, j1, j2 = runs
+    c = home.client()
+    for j in (j1, j2):
+        arts = {a.path for a in c.list_artifacts(j["model"]["mlflow_run_id"], "training")}
+        assert arts == {f"training/{n}.png" for n in ("roc", "precision_recall", "calibration", "permutation_importance")}, arts
