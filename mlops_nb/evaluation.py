@@ -53,6 +53,7 @@ class Decision:
     decided_at: str = field(default_factory=utc_now)
     mlflow_run_id: str = ""
 
+# %% ../nbs/08_evaluation.ipynb #585d85f4
 def _tag_version(client, name:str, version, **tags):
     "Set tags on a model version."
     for k, v in tags.items(): client.set_model_version_tag(name, str(version), k, str(v))
