@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import numpy as np
 from .core import MlopsNbError, new_job_run_id, process_token, short_error
+from .tracking import log_notebook
 from .config import load_config, mlops_home
 from .mlflow_store import configure_mlflow, require_store, store_description
 
@@ -243,7 +244,7 @@ def _rerun(rep:Reproduction, client, cfg, orig, repo, snap, tolerance:float):
     if new is None:
         rep.differences["results"].append(f"the train notebook logged no MLflow run (job run {job_run_id}); see {out}")
     else:
-        if out.is_file(): client.log_artifact(new.info.run_id, str(out), "notebooks")
+        if out.is_file(): log_notebook(client, new.info.run_id, out)  # .ipynb and HTML, as a step run logs it
         if new.info.status == "RUNNING": client.set_terminated(new.info.run_id, "FAILED" if error else "FINISHED")
         if not error: _results(rep, client, orig, new, snap, tolerance)
     return new
