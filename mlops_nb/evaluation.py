@@ -59,10 +59,12 @@ def _tag_version(client, name:str, version, **tags):
     for k, v in tags.items(): client.set_model_version_tag(name, str(version), k, str(v))
 
 def _record_verdict(client, name:str, version, run_id:str, verdict:str):
-    "What evaluate made of a version, where its model page shows it: the `evaluation_reason` tag and a line of its description."
+    "What evaluate made of a version, where its model page shows it: the `evaluation_reason` tag and a line of its description (with its validation status)."
     _tag_version(client, name, version, evaluation_reason=verdict[:5000])
-    desc = client.get_model_version(name, str(version)).description or ""
-    client.update_model_version(name, str(version), description=f"{desc}\n\nevaluate run {run_id}: {verdict}".strip())
+    mv = client.get_model_version(name, str(version))  # the model page shows the description whole, its tags in a short box
+    status = mv.tags.get("model_validation_status", "not validated")
+    line = f"evaluate run {run_id}: validation {status}; {verdict}"
+    client.update_model_version(name, str(version), description=f"{mv.description or ''}\n\n{line}".strip())
 
 def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
     "Validate every candidate, tag it and log its results; return the validations."
@@ -72,8 +74,8 @@ def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
         _tag_version(client, mv.name, mv.version, model_validation_status="PENDING")
         v = validate_candidate(client, cfg, mv)
         mlflow.log_dict(v.record(), f"validation/version_{v.version}.json")
-        _tag_version(client, mv.name, mv.version, model_validation_status=v.status, validation_failures=",".join(v.failed),
-                     validation_run_id=run_id, candidate="false")
+        _tag_version(client, mv.name, mv.version, model_validation_status=v.status, evaluation_run_id=run_id, candidate="false",
+                     **({"validation_failures": ",".join(v.failed)} if v.failed else {}))
         if v.auc is not None: mlflow.log_metric("candidate_auc", v.auc, step=int(v.version))  # one name; step: the version
         if v.failed:  # refused: the version keeps why, though it gets no alias
             why = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in v.checks if not c.passed)

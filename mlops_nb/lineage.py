@@ -11,7 +11,7 @@ from .config import load_config, on_databricks
 from .mlflow_store import (configure_mlflow, require_store, store_description, tracking_uri, registry_uri, redact_uri,
                                    check_tracking_server)
 from .context import repo_root, commit_in_repo
-from .registry import get_version
+from .registry import get_version, version_lineage
 from .tracking import logged_model_id
 
 # %% auto #0
@@ -215,7 +215,7 @@ def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or
     mv, step = res["version"], res["step_run"]
     rid = (mv.run_id if mv is not None else None) or res["train_run_id"] or (step.info.run_id if step else None)
     train_run = get_run(client, rid) if rid else None
-    tags = {**(train_run.data.tags if train_run else {}), **(dict(mv.tags) if mv is not None else {})}
+    tags = {**(train_run.data.tags if train_run else {}), **(version_lineage(mv.tags) if mv is not None else {})}
     sections, missing = _sections(client, tags, mv, train_run, Path(repo).resolve() if repo else repo_root(), step=step is not None)
     out = {"target": target, "kind": res["kind"], "env": tags.get("env") or env, **sections}  # the target's own env
     if step is not None: out["step"] = _step_section(step)

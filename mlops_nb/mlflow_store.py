@@ -11,8 +11,8 @@ from .variables import CONFIG
 from .config import EnvConfig, home_source, mlops_home, on_databricks
 
 # %% auto #0
-__all__ = ['tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'check_tracking_server', 'configure_mlflow',
-           'store_description', 'require_store', 'describe_env', 'ui_command', 'cmd_ui']
+__all__ = ['EXPERIMENT_KIND', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'check_tracking_server',
+           'configure_mlflow', 'store_description', 'require_store', 'describe_env', 'ui_command', 'cmd_ui']
 
 # %% ../nbs/01a_mlflow_store.ipynb #ad2f9c1f
 def tracking_uri() -> str:
@@ -66,6 +66,9 @@ def check_tracking_server(uri:str=None,      # default: the tracking URI in forc
     return uri
 
 # %% ../nbs/01a_mlflow_store.ipynb #542a498d
+# MLflow's UI opens an experiment without this tag on its GenAI overview; ours is model development: its runs table
+EXPERIMENT_KIND = "mlflow.experimentKind"
+
 def configure_mlflow(cfg:EnvConfig):
     "Point MLflow at this env's tracking server, registry and experiment (created when missing); return an `MlflowClient` on them."
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -83,10 +86,13 @@ def configure_mlflow(cfg:EnvConfig):
         mlflow.set_registry_uri(registry_uri())
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(cfg.experiment_name)
-    if exp is not None: exp_id = exp.experiment_id
+    if exp is not None:
+        exp_id = exp.experiment_id
+        if EXPERIMENT_KIND not in exp.tags: client.set_experiment_tag(exp_id, EXPERIMENT_KIND, "custom_model_development")
     else:
         local = uri.startswith("sqlite:") or uri.startswith("file:")
-        exp_id = client.create_experiment(cfg.experiment_name, artifact_location=f"{artifact_root()}/{cfg.env}" if local else None)
+        exp_id = client.create_experiment(cfg.experiment_name, artifact_location=f"{artifact_root()}/{cfg.env}" if local else None,
+                                          tags={EXPERIMENT_KIND: "custom_model_development"})
     mlflow.set_experiment(experiment_id=exp_id)
     return client
 
@@ -145,7 +151,8 @@ def cmd_ui(a) -> int:
         except OSError as e: raise ServiceError(f"cannot listen on {a.host}:{a.port} ({e.strerror}): pass a free --port") from None
     import mlflow
     exp = mlflow.MlflowClient(tracking_uri(), registry_uri()).get_experiment_by_name(cfg.experiment_name)
-    where = f"#/experiments/{exp.experiment_id}" if exp else ""
+    # the UI opens in its GenAI mode unless told: the address asks for the model-training one (the runs table)
+    where = f"#/experiments/{exp.experiment_id}?workflowType=machine_learning" if exp else ""
     print(f"MLflow UI on {store_description()}: http://{a.host}:{a.port}/{where}"
           + ("" if exp else f" (no experiment {cfg.experiment_name} in it yet)") + "; Ctrl-C stops it", file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -4,15 +4,16 @@
 
 # %% ../nbs/03a_registry.ipynb #1dac2876
 from __future__ import annotations
-import getpass
+import getpass, json
 import pandas as pd
 from .core import RegistryError, short_error, utc_now
 from .config import EnvConfig
 from .mlflow_store import configure_mlflow, store_description
 
 # %% auto #0
-__all__ = ['HISTORY_COLUMNS', 'get_alias', 'get_version', 'champion_of', 'find_candidates', 'current_user', 'history_table',
-           'champion_history', 'champion_stack', 'reconcile_champion', 'move_champion']
+__all__ = ['VERSION_ANCHORS', 'HISTORY_COLUMNS', 'get_alias', 'get_version', 'champion_of', 'find_candidates', 'lineage_tags',
+           'version_tags', 'version_lineage', 'current_user', 'history_table', 'champion_history', 'champion_stack',
+           'reconcile_champion', 'move_champion']
 
 # %% ../nbs/03a_registry.ipynb #fed6b1af
 def get_alias(client, name:str, alias:str):
@@ -54,6 +55,33 @@ def find_candidates(client, name:str) -> list:
     "The versions of model `name` tagged candidate=true, oldest first."
     vs = client.search_model_versions(f"name='{name}' and tag.candidate='true'")
     return sorted(vs, key=lambda v: int(v.version))
+
+# %% ../nbs/03a_registry.ipynb #a394dc0a
+_LINEAGE_KEYS = ("GIT_SHA", "GIT_DIRTY", "DBR_JOB_ID", "DBR_RUN_ID", "MLFLOW_RUN_ID", "env", "task_key", "python",
+                 "environment_hash", "environment_packages", "mlops_nb_path", "on_databricks")
+
+def lineage_tags(tags:dict) -> dict:
+    "The lineage tags among a run's tags: code, job, infrastructure (`infra.*`), environment and data (`data_*`)."
+    return {k: v for k, v in tags.items() if k in _LINEAGE_KEYS or k.startswith(("infra.", "data_"))}
+
+VERSION_ANCHORS = ("GIT_SHA", "MLFLOW_RUN_ID", "DBR_JOB_ID", "DBR_RUN_ID", "env", "data_table", "data_version", "data_fingerprint")
+
+def version_tags(tags:dict) -> dict:
+    "A run's lineage as a model version's tags: the anchors one per tag, the rest as JSON in one `lineage` tag."
+    lin = {k: v for k, v in lineage_tags(tags).items() if k != "task_key"}  # a version's run is its train run
+    out = {k: lin.pop(k) for k in VERSION_ANCHORS if k in lin}
+    infra = {k[len("infra."):]: lin.pop(k) for k in sorted(lin) if k.startswith("infra.")}
+    if lin or infra: out["lineage"] = json.dumps({**lin, **({"infrastructure": infra} if infra else {})}, sort_keys=True)
+    return out
+
+def version_lineage(tags:dict) -> dict:
+    "A model version's tags with its `lineage` tag unpacked into the run's flat tags (`infra.*` and the others)."
+    out = {k: v for k, v in tags.items() if k != "lineage"}
+    try: grouped = json.loads(tags.get("lineage") or "{}")
+    except ValueError: grouped = {}
+    infra = grouped.pop("infrastructure", {}) if isinstance(grouped, dict) else {}
+    return {**{f"infra.{k}": str(v) for k, v in infra.items()}, **{k: str(v) for k, v in dict(grouped).items()}, **out}
+
 
 # %% ../nbs/03a_registry.ipynb #39e80f02
 def current_user() -> str:

@@ -13,9 +13,9 @@ from .context import RunContext, dirty_files, pipelines_dir
 
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'public_url',
-           'source_tags', 'lineage_tags', 'log_lineage', 'start_step_run', 'log_data_lineage', 'step_note',
-           'set_step_outputs', 'finish_step_run', 'log_dataset', 'log_notebook', 'logged_model_id', 'end_dead_runs',
-           'recover_env', 'locked_env']
+           'source_tags', 'log_lineage', 'start_step_run', 'log_data_lineage', 'step_note', 'set_step_outputs',
+           'finish_step_run', 'log_dataset', 'log_notebook', 'logged_model_id', 'end_dead_runs', 'recover_env',
+           'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -110,13 +110,6 @@ def source_tags(ctx:RunContext) -> dict:
     return {k: v for k, v in tags.items() if v}
 
 # %% ../nbs/05_tracking.ipynb #4314d852
-_LINEAGE_KEYS = ("GIT_SHA", "GIT_DIRTY", "DBR_JOB_ID", "DBR_RUN_ID", "MLFLOW_RUN_ID", "env", "task_key", "python",
-                 "environment_hash", "environment_packages", "mlops_nb_path", "on_databricks")
-
-def lineage_tags(tags:dict) -> dict:
-    "The lineage tags among a run's tags: code, job, infrastructure (`infra.*`), environment and data (`data_*`)."
-    return {k: v for k, v in tags.items() if k in _LINEAGE_KEYS or k.startswith(("infra.", "data_"))}
-
 def log_lineage(ctx:RunContext, # the run this step belongs to
                 spark=None,     # the step's Spark session, if it has one; default the active one
                ) -> dict:

@@ -144,10 +144,10 @@ def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarra
 
 # %% ../nbs/07_training.ipynb #091ec5f7
 def _tag_candidate(client, ctx:RunContext, name:str, version, run_id:str, model_type:str, lineage:dict):
-    "Tag model version `name`/`version` with its run's lineage tags, the run context's, its data's, and `candidate=true`."
-    from mlops_nb.tracking import lineage_tags
-    tags = lineage_tags(client.get_run(run_id).data.tags)  # code, job, infrastructure, environment, data
-    tags |= {**ctx.tags(), **lineage, "MLFLOW_RUN_ID": run_id, "model_type": model_type, "candidate": "true"}
+    "Tag model version `name`/`version` with its run's lineage (anchors, and the rest grouped: `version_tags`), and `candidate=true`."
+    from mlops_nb.registry import version_tags
+    run_tags = {**client.get_run(run_id).data.tags, **ctx.tags(), **lineage, "MLFLOW_RUN_ID": run_id}
+    tags = {**version_tags(run_tags), "model_type": model_type, "candidate": "true"}
     for k, v in tags.items(): client.set_model_version_tag(name, version, k, v)
 
 def _finish_unregistered(run, metrics:dict, data_version:int, info) -> TrainResult:

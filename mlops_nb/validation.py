@@ -36,7 +36,9 @@ def check_metadata(mv) -> Check:
 
 def check_compliance(mv, cfg:EnvConfig) -> Check:
     "The env's required tags are present and non-empty, and the version was trained for this env."
-    missing = [t for t in cfg.required_tags if not str(mv.tags.get(t, "")).strip()]
+    from mlops_nb.registry import version_lineage
+    tags = version_lineage(mv.tags)  # a required tag may be one of the grouped ones
+    missing = [t for t in cfg.required_tags if not str(tags.get(t, "")).strip()]
     problems = [f"required tag(s) {', '.join(missing)} missing"] if missing else []
     if mv.tags.get("env", cfg.env) != cfg.env: problems.append(f"trained for env {mv.tags['env']}, not {cfg.env}")
     return Check("compliance", not problems, "; ".join(problems) or f"required tags {', '.join(cfg.required_tags)} present")

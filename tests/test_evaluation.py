@@ -76,6 +76,7 @@ def dev_lab(make_home):
         out["strong"] = train("dev", **STRONG);        out["d_strong"] = evaluate("dev")
         out["again"] = train("dev", **STRONG);         out["d_again"] = evaluate("dev")
         out["tags"] = {str(v.version): v.tags for v in client().search_model_versions(f"name='{DEV}'")}
+        out["descriptions"] = {str(v.version): v.description for v in client().search_model_versions(f"name='{DEV}'")}
         out["aliases"] = {a: alias(DEV, a) for a in ("champion", "challenger")}
     return out
 
@@ -90,7 +91,7 @@ def test_a_dummy_model_fails_validation_and_never_gets_an_alias(dev_lab):
     assert tags["evaluation_reason"].startswith("refused, failed validation (predictions: ") and "constant model" in tags["evaluation_reason"]
     with pointed_at(dev_lab["home"].path):
         desc = client().get_model_version(DEV, dev_lab["dummy"]).description
-    assert desc.startswith("dummy trained by job run ") and f"evaluate run {d.mlflow_run_id}: refused, failed validation" in desc
+    assert desc.startswith("dummy trained by job run ") and f"evaluate run {d.mlflow_run_id}: validation FAILED; refused, failed validation" in desc
 
 
 def test_every_judged_version_records_the_verdict(dev_lab):
@@ -99,6 +100,16 @@ def test_every_judged_version_records_the_verdict(dev_lab):
         assert t["evaluation_reason"].startswith("promote: ") and "win" in t["evaluation_reason"], t["evaluation_reason"]
     sliced = dev_lab["tags"][dev_lab["sliced"]]["evaluation_reason"]
     assert sliced.startswith("refused, failed validation (") and "slice" in sliced, sliced
+    # the model page shows the description whole: its validation status and verdict are there, not only in the tag box
+    assert "validation PASSED; promote: " in dev_lab["descriptions"][dev_lab["strong"]]
+
+
+def test_a_model_version_keeps_its_tags_few_and_its_lineage_whole(dev_lab):
+    for v, t in dev_lab["tags"].items():
+        assert len(t) <= 20 and not any(k.startswith("infra.") for k in t), (v, sorted(t))
+        grouped = json.loads(t["lineage"])   # the rest of the train run's lineage, in one tag
+        assert {"environment_hash", "python", "data_rows"} <= set(grouped) and grouped["infrastructure"]["cpu_count"], grouped
+        assert {"GIT_SHA", "MLFLOW_RUN_ID", "DBR_RUN_ID", "env", "data_table", "data_version", "data_fingerprint"} <= set(t)
 
 
 def test_the_first_champion_is_compared_with_the_baseline_auc(dev_lab):

@@ -127,7 +127,8 @@ def test_ui_shows_our_store(shared, tmp_path):
             time.sleep(0.5)
         exps = get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=100")["experiments"]
         exp = next(e for e in exps if e["name"] == "/Shared/mlops-nb/dev")
-        assert f"/#/experiments/{exp['experiment_id']}" in (tmp_path/"ui.log").read_text()  # the URL it printed
+        assert f"/#/experiments/{exp['experiment_id']}?workflowType=machine_learning" in (tmp_path/"ui.log").read_text()  # the URL it printed: the runs table
+        assert exp["tags"] and {"key": "mlflow.experimentKind", "value": "custom_model_development"} in exp["tags"]
         train = job["model"]["mlflow_run_id"]
         run = get_json(f"{url}/api/2.0/mlflow/runs/get?run_id={train}")["run"]
         assert {t["key"]: t["value"] for t in run["data"]["tags"]}["GIT_SHA"] == job["git_sha"]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000",
+                  "--disable-component-update", "--disable-sync", "--no-first-run",
                   "--virtual-time-budget=8000", "--hide-scrollbars"]
+HEIGHT = {"model_version.png": 2200}   # pages whose point is below the fold: taller windows
 
 
 def free_port() -> int:
@@ -32,12 +33,12 @@ def pages(url: str, env: str) -> dict:
     eid = exp["experiment_id"]
     runs = get(f"{url}/api/2.0/mlflow/runs/search", {"experiment_ids": [eid], "filter": "tags.task_key = 'train'",
                                                       "max_results": 1, "order_by": ["attributes.start_time DESC"]})
-    out = {"experiment_runs.png": f"{url}/#/experiments/{eid}/runs"}  # the runs table, not the GenAI overview
+    out = {"experiment.png": f"{url}/#/experiments/{eid}?workflowType=machine_learning"}  # the address `mlops-nb ui` prints
     if runs.get("runs"): out["train_run.png"] = f"{url}/#/experiments/{eid}/runs/{runs['runs'][0]['info']['run_id']}"
     name = f"{env}.mlops_nb.demo_model"
     try:
         mv = get(f"{url}/api/2.0/mlflow/registered-models/alias?name={urllib.parse.quote(name)}&alias=champion")["model_version"]
-        out["model_version.png"] = f"{url}/#/models/{urllib.parse.quote(name)}/versions/{mv['version']}"
+        out["model_version.png"] = f"{url}/#/models/{urllib.parse.quote(name)}/versions/{mv['version']}"  # all its tags: tall
     except urllib.error.HTTPError: pass   # no champion yet
     return out
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
             time.sleep(0.5)
         for name, page in pages(url, a.env).items():
             with tempfile.TemporaryDirectory() as profile:
-                subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={(out/name).resolve()}", page],
+                subprocess.run([chromium, *CHROMIUM_FLAGS, f"--window-size=1400,{HEIGHT.get(name, 1000)}", f"--user-data-dir={profile}", f"--screenshot={(out/name).resolve()}", page],
                                capture_output=True, timeout=180)
             print(f"{out/name}: {page}" if (out/name).is_file() else f"no screenshot of {page}")
     finally:
