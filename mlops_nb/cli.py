@@ -62,7 +62,7 @@ def json_flag(p, help:str="print one JSON object on stdout"):
 def add_pipeline_commands(sub):
     "`env`, `demo-data` and `run`."
     json_flag(command(sub, "env", "cli:cmd_env", "print the resolved settings of an env"), "print JSON")
-    d = command(sub, "demo-data", "cli:cmd_demo_data", "write the seeded demo training table and scoring batch")
+    d = command(sub, "demo-data", "cli:cmd_demo_data", "write the seeded demo training table, scoring batch and its delayed labels")
     d.add_argument("--rows", type=int, default=100_000, help="training rows (default 100000)")
     d.add_argument("--scoring-rows", type=int, default=None, help="scoring batch rows (default rows/5)")
     d.add_argument("--seed", type=int, default=0)

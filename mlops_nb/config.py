@@ -51,6 +51,7 @@ class _RunSettings:
     training_table: str = "training"          # table names, qualified with catalog.schema when unqualified
     scoring_table: str = "scoring_batch"
     predictions_table: str = "predictions"
+    labels_table: str = "labels"              # the scored rows' labels as they arrive: keys, label, labeled_at
     label: str = "label"                      # binary label column of the training table
     keys: list = field(default_factory=lambda: ["id"])  # columns that identify a row; passed through scoring
     features: list = field(default_factory=list)  # feature columns; empty = every column but label and keys

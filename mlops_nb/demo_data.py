@@ -10,7 +10,7 @@ from .config import EnvConfig
 from .lakehouse import write_table
 
 # %% auto #0
-__all__ = ['make_demo_data', 'write_demo_tables', 'write_breast_cancer']
+__all__ = ['make_demo_data', 'delayed_labels', 'write_demo_tables', 'write_breast_cancer']
 
 # %% ../nbs/04_demo_data.ipynb #b2531c96
 def make_demo_data(n_rows:int=100_000, # rows to draw
@@ -47,6 +47,13 @@ def make_demo_data(n_rows:int=100_000, # rows to draw
     return df
 
 # %% ../nbs/04_demo_data.ipynb #f85e6c1a
+def delayed_labels(batch:pd.DataFrame, keys:list, label:str, seed:int, now=None) -> pd.DataFrame:
+    "The labels of a scored batch as they would arrive: keys, label, `labeled_at` 1 to 48 hours after `now` (seeded)."
+    rng = np.random.default_rng(seed)
+    now = pd.Timestamp(now or pd.Timestamp.now(tz="UTC")).tz_convert("UTC")
+    delay = pd.to_timedelta(rng.uniform(1, 48, len(batch)), unit="h")
+    return pd.DataFrame({**{k: batch[k].to_numpy() for k in keys}, label: batch[label].to_numpy(), "labeled_at": now + delay})
+
 def write_demo_tables(cfg:EnvConfig,           # the env whose tables to write
                       rows:int=100_000,        # training rows
                       scoring_rows:int=None,   # scoring batch rows; default rows // 5
@@ -54,13 +61,15 @@ def write_demo_tables(cfg:EnvConfig,           # the env whose tables to write
                       drift:float=0.0,         # drift of the scoring batch (and of the training rows with drift_training)
                       drift_training:bool=False, # also drift the training rows (a retraining scenario)
                      ) -> dict:
-    "Write the demo training table and scoring batch of `cfg`; return {table: version}."
+    "Write the demo training table, scoring batch and the batch's delayed labels of `cfg`; return {table: version}."
     scoring_rows = rows // 5 if scoring_rows is None else scoring_rows
     train = make_demo_data(rows, seed=seed, drift=drift if drift_training else 0.0)
-    batch = make_demo_data(max(scoring_rows, 1), seed=seed + 1, drift=drift, with_label=False, first_id=rows)
+    batch = make_demo_data(max(scoring_rows, 1), seed=seed + 1, drift=drift, first_id=rows)  # the label is drawn last
+    labels = delayed_labels(batch, cfg.keys, cfg.label, seed + 2)
     meta = {"writer": "mlops-nb demo-data", "seed": seed, "drift": drift}
     out = {}
-    for name, df in ((cfg.qualify(cfg.training_table), train), (cfg.qualify(cfg.scoring_table), batch)):
+    for name, df in ((cfg.qualify(cfg.training_table), train), (cfg.qualify(cfg.scoring_table), batch.drop(columns=[cfg.label])),
+                     (cfg.qualify(cfg.labels_table), labels)):
         out[name] = write_table(df, name, mode="overwrite", metadata=meta)
     return out
 
