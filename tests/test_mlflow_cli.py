@@ -1,7 +1,7 @@
 """The MLflow commands users know work on the project's store with only MLFLOW_TRACKING_URI set, and the pipeline
 and `trace` work against a real remote `mlflow server` (SQLite backend, artifacts served by the server)."""
 from __future__ import annotations
-import json, os, socket, subprocess, sys, time, urllib.request
+import contextlib, json, os, socket, subprocess, sys, time, urllib.request
 from pathlib import Path
 import pytest
 from lineage_helpers import shared_pipeline, clean_env, cli, clone, run_pipeline, BIN, MODEL
@@ -53,32 +53,40 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    "A real `mlflow server` on a free loopback port: SQLite backend and served artifacts in tmp; stopped after."
-    port = free_port()
-    log = open(tmp_path/"server.log", "w")
-    proc = subprocess.Popen([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-                             "--backend-store-uri", f"sqlite:///{tmp_path/'server.db'}",
-                             "--artifacts-destination", str(tmp_path/"server-artifacts"), "--serve-artifacts"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HOME": str(tmp_path)})
-    url = f"http://127.0.0.1:{port}"
+@contextlib.contextmanager
+def serving(argv: list, log_path: Path, url: str, ready: str = "/health", **popen):
+    """Start `argv` (a server) with its output in `log_path`, wait until GET `url + ready` answers 200 (at most 120 s,
+    failing with the log's tail if the process dies), yield the process; stop it after."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, **popen)
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                with urllib.request.urlopen(f"{url}{ready}", timeout=2) as r:
                     if r.status == 200: break
             except OSError: pass
-            assert proc.poll() is None, (tmp_path/"server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlflow server did not answer /health within 120s"
+            assert proc.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{argv[0]} did not answer {ready} within 120s"
             time.sleep(0.5)
-        yield url, tmp_path
+        yield proc
     finally:
         proc.terminate()
         try: proc.wait(timeout=30)
         except subprocess.TimeoutExpired: proc.kill(); proc.wait()
         log.close()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    "A real `mlflow server` on a free loopback port: SQLite backend and served artifacts in tmp; stopped after."
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with serving([str(BIN/"mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                  "--backend-store-uri", f"sqlite:///{tmp_path/'server.db'}",
+                  "--artifacts-destination", str(tmp_path/"server-artifacts"), "--serve-artifacts"],
+                 tmp_path/"server.log", url, env={**os.environ, "HOME": str(tmp_path)}):
+        yield url, tmp_path
 
 
 def test_pipeline_and_trace_against_remote_server(mlflow_server, tmp_path):
@@ -112,19 +120,9 @@ def test_ui_shows_our_store(shared, tmp_path):
     assert r.returncode == 1 and f"no MLflow store at {empty.resolve()}/mlflow.db" in r.stderr, r.stderr
     assert not empty.exists()
     port, before = free_port(), sorted(p.name for p in home.iterdir())
-    log = open(tmp_path/"ui.log", "w")
-    proc = subprocess.Popen([str(BIN/"mlops-nb"), "ui", "--port", str(port)], env=env, cwd=src, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/", timeout=2) as page:
-                    assert page.status == 200 and b"<html" in page.read().lower(); break
-            except OSError: pass
-            assert proc.poll() is None, (tmp_path/"ui.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "mlops-nb ui did not answer within 120s"
-            time.sleep(0.5)
+    with serving([str(BIN/"mlops-nb"), "ui", "--port", str(port)], tmp_path/"ui.log", url, ready="/", env=env, cwd=src):
+        with urllib.request.urlopen(f"{url}/", timeout=10) as page: assert b"<html" in page.read().lower()  # the UI's page
         exps = get_json(f"{url}/api/2.0/mlflow/experiments/search?max_results=100")["experiments"]
         exp = next(e for e in exps if e["name"] == "/Shared/mlops-nb/dev")
         assert f"/#/experiments/{exp['experiment_id']}?workflowType=machine_learning" in (tmp_path/"ui.log").read_text()  # the URL it printed: the runs table
@@ -135,9 +133,4 @@ def test_ui_shows_our_store(shared, tmp_path):
         assert get_json(f"{url}/api/2.0/mlflow/registered-models/get?name={MODEL}")["registered_model"]["name"] == MODEL
         with urllib.request.urlopen(f"{url}/get-artifact?path=environment/requirements.txt&run_uuid={train}", timeout=10) as a:
             assert b"mlflow==" in a.read()   # artifacts are served from the home's artifact root
-    finally:
-        proc.terminate()
-        try: proc.wait(timeout=30)
-        except subprocess.TimeoutExpired: proc.kill(); proc.wait()
-        log.close()
     assert sorted(p.name for p in home.iterdir()) == before and not (src/"mlflow.db").exists() and not (src/"mlartifacts").exists()
