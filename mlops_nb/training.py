@@ -12,8 +12,8 @@ from .config import EnvConfig
 from .context import RunContext
 
 # %% auto #0
-__all__ = ['SKOPS_TRUSTED_TYPES', 'holdout_mask', 'split_holdout', 'check_model_type', 'build_model', 'positive_proba',
-           'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
+__all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'check_model_type', 'build_model',
+           'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
 
 # %% ../nbs/07_training.ipynb #092c213c
 from .context import MODEL_TYPES
@@ -129,10 +129,13 @@ def _training_table(cfg:EnvConfig, table:str, version, label:str, keys:list, fea
                         f"and held-out rows; write more rows")
     return snap, cols, y, ho
 
+BASELINE_PROFILE = "monitoring/baseline_profile.json"  # artifact of the train run: what monitoring compares predictions with
+
 def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarray, threshold:float, seed:int=0) -> tuple:
-    "Fit `model` on the training rows and log its held-out metrics, figures and the model in the active run: (metrics, ModelInfo)."
+    "Fit `model` on the training rows; log its held-out metrics, figures, baseline profile and the model in the active run: (metrics, ModelInfo)."
     import mlflow
     from mlops_nb.plots import training_figures
+    from mlops_nb.profiles import profile_frame, profile_to_json
     model.fit(df.loc[~ho, cols.features], y[~ho])
     proba = positive_proba(model.predict_proba(df.loc[ho, cols.features]))
     metrics = score_metrics(y[ho], proba, threshold)
@@ -140,6 +143,9 @@ def _fit_and_log(model, df:pd.DataFrame, cols:Columns, y:pd.Series, ho:np.ndarra
     for name, fig in training_figures(model, df.loc[ho, cols.features], y[ho], proba, seed=seed).items():
         mlflow.log_figure(fig, f"training/{name}")
     mlflow.log_metric("training_rows", int((~ho).sum()))
+    # the training rows' features and the held-out rows' scores, profiled once: monitoring never re-reads the table
+    base = profile_frame(df.loc[~ho], cols.numeric, cols.categorical, score=pd.Series(proba, name="probability"))
+    mlflow.log_text(profile_to_json(base), BASELINE_PROFILE)
     return metrics, log_classifier(model, df.loc[~ho, cols.features].head(200))  # the signature's sample
 
 # %% ../nbs/07_training.ipynb #091ec5f7
