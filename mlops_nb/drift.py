@@ -101,7 +101,9 @@ def drift_statistics(base:dict,        # the reference: the baseline profile (BA
                      current:dict,     # the current window's profile, made with profile_on on the same baseline
                      scale:dict=None,  # the profile whose std norms the Wasserstein distance (default: `base`)
                     ) -> dict:
-    "Per column of `current`, its drift statistics against `base`, under Lakehouse Monitoring's names."
+    """Per column of `current`, its drift statistics against `base`, under Lakehouse Monitoring's names.
+    From the bins: the exact KS statistic lies in [ks, ks + ks_error_bound] (about 1/bins: 0.001 with 1,000 bins), the exact
+    normed Wasserstein distance within wasserstein_error_bound of the binned one (exact where the CDFs do not cross in a bin)."""
     check_profile(base), check_profile(current)
     scale = check_profile(scale) if scale is not None else base
     missing = [c for c in current["columns"] if c not in base["columns"]]
