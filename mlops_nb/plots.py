@@ -10,31 +10,33 @@ import numpy as np, pandas as pd
 __all__ = ['plot_roc', 'plot_precision_recall', 'plot_calibration', 'plot_permutation_importance', 'training_figures']
 
 # %% ../nbs/06b_plots.ipynb #8ac35d44
-def plot_roc(y_true, curves:dict):
-    "ROC curves of several models' probabilities on the same rows, {label: probabilities}."
+def _curves_figure(curves:dict, curve, xlabel:str, ylabel:str, title:str):
+    "A figure of one line per `{label: probabilities}`: `curve(p)` gives the line's (x, y) and the score its label shows."
     from matplotlib.figure import Figure
-    from sklearn.metrics import roc_curve, roc_auc_score
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     for label, p in curves.items():
-        fpr, tpr, _ = roc_curve(y_true, p)
-        ax.plot(fpr, tpr, label=f"{label} (AUC {roc_auc_score(y_true, p):.4f})")
+        x, y, score = curve(p)
+        ax.plot(x, y, label=f"{label} ({score})")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    return fig, ax
+
+def plot_roc(y_true, curves:dict):
+    "ROC curves of several models' probabilities on the same rows, {label: probabilities}."
+    from sklearn.metrics import roc_curve, roc_auc_score
+    fig, ax = _curves_figure(curves, lambda p: (*roc_curve(y_true, p)[:2], f"AUC {roc_auc_score(y_true, p):.4f}"),
+                             "false positive rate", "true positive rate", "ROC on the held-out rows")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC on the held-out rows")
     ax.legend(loc="lower right")
     return fig
 
 def plot_precision_recall(y_true, curves:dict):
     "Precision-recall curves of several models' probabilities on the same rows, with the positive share as the floor."
-    from matplotlib.figure import Figure
     from sklearn.metrics import precision_recall_curve, average_precision_score
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    for label, p in curves.items():
-        prec, rec, _ = precision_recall_curve(y_true, p)
-        ax.plot(rec, prec, label=f"{label} (AP {average_precision_score(y_true, p):.4f})")
+    fig, ax = _curves_figure(curves, lambda p: (*precision_recall_curve(y_true, p)[1::-1], f"AP {average_precision_score(y_true, p):.4f}"),
+                             "recall", "precision", "Precision-recall on the held-out rows")
     ax.axhline(float(np.mean(y_true)), color="grey", linestyle=":", label=f"positive share {np.mean(y_true):.3f}")
-    ax.set(xlabel="recall", ylabel="precision", title="Precision-recall on the held-out rows", ylim=(0, 1.02))
+    ax.set(ylim=(0, 1.02))
     ax.legend(loc="upper right")
     return fig
 
