@@ -46,7 +46,8 @@ def test_holdout_auc_and_no_leakage(run):
     assert p["training_table"] == TABLE and p["label"] == "target" and p["keys"] == "id"
     features = p["features"].split(",")
     assert len(features) == 30 and "target" not in features and "id" not in features
-    t = c.get_model_version(MODEL, "1").tags
+    from mlops_nb.registry import version_lineage
+    t = version_lineage(c.get_model_version(MODEL, "1").tags)
     assert t["data_table"] == TABLE and t["data_rows"] == "569"
 
 

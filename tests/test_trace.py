@@ -48,12 +48,14 @@ def test_trace_model_uri_version_and_alias(shared):
     mlflow.set_tracking_uri(f"sqlite:///{home/'mlflow.db'}")
     text = mlflow.artifacts.load_text(t["environment"]["packages"])
     assert hashlib.sha256(text.encode()).hexdigest() == t["environment"]["packages_hash"]
-    # the registered version itself carries the lineage tags, not only its run
+    # the registered version itself carries the lineage, not only its run: the anchors as tags, the rest grouped
+    from mlops_nb.registry import version_lineage
     mv = mlflow_client(home).get_model_version(MODEL, job["model"]["version"])
-    for k in ("GIT_SHA", "GIT_DIRTY", "MLFLOW_RUN_ID", "DBR_JOB_ID", "DBR_RUN_ID", "env", "task_key", "python",
+    tags = version_lineage(mv.tags)
+    for k in ("GIT_SHA", "GIT_DIRTY", "MLFLOW_RUN_ID", "DBR_JOB_ID", "DBR_RUN_ID", "env", "python",
               "environment_hash", "infra.host", "infra.cpu_count", "data_table", "data_version", "data_fingerprint"):
-        assert mv.tags.get(k), k
-    assert mv.tags["environment_hash"] == t["environment"]["packages_hash"] and mv.tags["MLFLOW_RUN_ID"] == t["model"]["mlflow_run_id"]
+        assert tags.get(k), k
+    assert tags["environment_hash"] == t["environment"]["packages_hash"] and mv.tags["MLFLOW_RUN_ID"] == t["model"]["mlflow_run_id"]
 
 
 def test_trace_train_and_score_run_ids(shared):

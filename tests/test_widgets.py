@@ -113,7 +113,7 @@ def test_model_version_tagged_from_widgets(trained):
     assert [str(v.version) for v in versions] == ["1"]
     t = versions[0].tags
     assert t["DBR_RUN_ID"] == "990" and t["DBR_JOB_ID"] == "881" and t["GIT_SHA"] == sha
-    assert t["model_type"] == "logreg" and t["task_key"] == "train"
+    assert t["model_type"] == "logreg" and _run_of(home, "train").data.tags["task_key"] == "train"
     assert t["MLFLOW_RUN_ID"] == _run_of(home, "train").info.run_id == versions[0].run_id
 
 
