@@ -32,6 +32,7 @@ venv: $(STAMP)
 demo: venv
 	$(BIN)/mlops-nb demo-data --env dev
 	$(BIN)/mlops-nb run --env dev
+	$(BIN)/mlops-nb monitor --env dev
 
 # Notebooks are the source: fail when nbdev_export would change mlops_nb/ or a notebook is not clean.
 check-sync: venv

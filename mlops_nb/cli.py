@@ -35,8 +35,8 @@ def cmd_demo_data(a) -> int:
 
 def cmd_run(a) -> int:
     "Run the pipeline notebooks as one job run."
-    from mlops_nb.runner import STEPS, run_pipeline, parse_params, format_summary
-    try: job = run_pipeline(a.env, a.steps or STEPS, parse_params(a.param), quiet=False)
+    from mlops_nb.runner import PIPELINE_STEPS, run_pipeline, parse_params, format_summary
+    try: job = run_pipeline(a.env, getattr(a, "steps", None) or PIPELINE_STEPS, parse_params(getattr(a, "param", [])), quiet=False)
     except StepFailed as e:
         job = e.job
         if a.json: print(json.dumps(job.to_dict(), indent=2))
@@ -69,7 +69,7 @@ def add_pipeline_commands(sub):
     d.add_argument("--drift", type=float, default=0.0, help="shift of the scoring batch, 0 (none) to 5")
     d.add_argument("--drift-training", action="store_true", help="drift the training table too")
     r = command(sub, "run", "cli:cmd_run", "run the pipeline notebooks as one job run")
-    r.add_argument("--steps", default=None, help="comma-separated, from explore,train,evaluate,score (default: all, in order)")
+    r.add_argument("--steps", default=None, help="comma-separated, from explore,train,evaluate,score,monitor (default: the first four, in order)")
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more")
     json_flag(r)
 
@@ -85,6 +85,9 @@ def add_lineage_commands(sub):
     r.add_argument("--repo", default=None, help="git repository holding the commit (default: the pipeline notebooks')")
     r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
     json_flag(r)
+    m = command(sub, "monitor", "cli:cmd_run", "monitor the predictions scored since the last monitor run (drift and quality)")
+    m.set_defaults(steps="monitor")
+    json_flag(m)
 
 def add_promotion_commands(sub):
     "`promote`, `rollback` and `champions`: the two moves share their arguments."

@@ -52,6 +52,10 @@ class _RunSettings:
     scoring_table: str = "scoring_batch"
     predictions_table: str = "predictions"
     labels_table: str = "labels"              # the scored rows' labels as they arrive: keys, label, labeled_at
+    monitor_granularity: str = "day"          # monitoring's time windows: hour, day or week
+    slice_columns: list = field(default_factory=list)  # monitoring also profiles each value of these columns
+    profile_metrics_table: str = "predictions_profile_metrics"  # monitoring's tables, shaped like Lakehouse Monitoring's
+    drift_metrics_table: str = "predictions_drift_metrics"
     label: str = "label"                      # binary label column of the training table
     keys: list = field(default_factory=lambda: ["id"])  # columns that identify a row; passed through scoring
     features: list = field(default_factory=list)  # feature columns; empty = every column but label and keys
@@ -134,6 +138,7 @@ import math
 _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: 0 <= v <= 1, "a number from 0 to 1") for k in ("min_auc", "decision_threshold", "promote_win_rate", "baseline_auc")},
     "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
+    "monitor_granularity": (lambda v: v in ("hour", "day", "week"), "hour, day or week"),
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     **{k: (lambda v: v >= 1, "a whole number, 1 or more") for k in ("n_boot", "serve_max_body_bytes", "serve_max_batch_rows", "serve_log_batch_rows")},
     **{k: (lambda v: v >= 0, "a whole number, 0 or more") for k in ("seed", "num_workers")},

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['plot_roc', 'plot_precision_recall', 'plot_calibration', 'plot_permutation_importance', 'training_figures']
+__all__ = ['plot_roc', 'plot_precision_recall', 'calibration_bins', 'expected_calibration_error', 'plot_calibration',
+           'plot_permutation_importance', 'training_figures']
 
 # %% ../nbs/06b_plots.ipynb #8ac35d44
 def _curves_figure(curves:dict, curve, xlabel:str, ylabel:str, title:str):
@@ -41,21 +42,29 @@ def plot_precision_recall(y_true, curves:dict):
     return fig
 
 # %% ../nbs/06b_plots.ipynb #4852b219
-def plot_calibration(y_true, proba, bins:int=10):
-    "Observed positive share against mean predicted probability per bin of `proba`; the expected calibration error in the title."
-    from matplotlib.figure import Figure
+def calibration_bins(y_true, proba, bins:int=10) -> tuple:
+    "Per non-empty bin of `proba` (equal widths on [0, 1]): mean probability, observed positive share, rows; and the ECE."
     y, p = np.asarray(y_true, float), np.asarray(proba, float)
     idx = np.minimum((p*bins).astype(int), bins - 1)
     n = np.bincount(idx, minlength=bins)
     seen = n > 0
     mean_p = np.bincount(idx, p, bins)[seen]/n[seen]
     share = np.bincount(idx, y, bins)[seen]/n[seen]
-    ece = float(np.sum(n[seen]*np.abs(share - mean_p))/len(p))
+    return mean_p, share, n[seen], float(np.sum(n[seen]*np.abs(share - mean_p))/len(p))
+
+def expected_calibration_error(y_true, proba, bins:int=10) -> float:
+    "The expected calibration error: the rows-weighted mean gap between observed share and mean probability per bin."
+    return calibration_bins(y_true, proba, bins)[3]
+
+def plot_calibration(y_true, proba, bins:int=10):
+    "Observed positive share against mean predicted probability per bin of `proba`; the expected calibration error in the title."
+    from matplotlib.figure import Figure
+    mean_p, share, counts, ece = calibration_bins(y_true, proba, bins)
     fig = Figure(figsize=(5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
     ax.plot(mean_p, share, marker="o", label="model")
-    for x, s, k in zip(mean_p, share, n[seen]): ax.annotate(str(k), (x, s), fontsize=7, xytext=(3, -9), textcoords="offset points")
+    for x, s, k in zip(mean_p, share, counts): ax.annotate(str(k), (x, s), fontsize=7, xytext=(3, -9), textcoords="offset points")
     ax.set(xlabel="mean predicted probability", ylabel="observed positive share", xlim=(0, 1), ylim=(0, 1),
            title=f"Calibration on the held-out rows (ECE {ece:.4f}; labels: rows per bin)")
     ax.legend(loc="upper left")

@@ -16,12 +16,13 @@ from .kernels import kernel_spec, stop_kernels, stop_on_signals
 from .decisions import read_decision, decision_summary
 
 # %% auto #0
-__all__ = ['STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters', 'check_params',
-           'StepResult', 'JobRun', 'step_context', 'find_step_run', 'where_it_raised', 'run_step', 'run_pipeline',
-           'format_summary']
+__all__ = ['STEPS', 'PIPELINE_STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
+           'check_params', 'StepResult', 'JobRun', 'step_context', 'find_step_run', 'where_it_raised', 'run_step',
+           'run_pipeline', 'format_summary']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
-STEPS = ("explore", "train", "evaluate", "score")
+STEPS = ("explore", "train", "evaluate", "score", "monitor")
+PIPELINE_STEPS = STEPS[:4]   # the pipeline job; monitor runs on its own (`mlops-nb monitor`, the monitoring job)
 CONTEXT_PARAMS = ("env", "job_id", "run_id", "task_key", "git_sha", "git_dirty")
 
 def step_notebook(step:str) -> Path:
@@ -80,6 +81,7 @@ def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
         version_key = "training_version" if step != "score" else "scoring_version"
         open_delta(name, params.get(version_key) or None)  # raises DataError when missing or unreadable
     if "score" in steps and table_exists(out := tbl("predictions_table", cfg.predictions_table)): open_delta(out)  # appended to: readable?
+    if "monitor" in steps and "score" not in steps: open_delta(tbl("predictions_table", cfg.predictions_table))  # what it reads
     return {s: {k: v for k, v in params.items() if k in declared[s]} for s in steps}
 
 # %% ../nbs/10_runner.ipynb #2b11ab6a
@@ -208,7 +210,7 @@ def _progress(msg:str, quiet:bool=False):
     if not quiet: print(msg, file=sys.stderr, flush=True)
 
 def run_pipeline(env:str="dev",      # dev, staging or prod
-                 steps=STEPS,        # steps to run, in pipeline order
+                 steps=PIPELINE_STEPS, # steps to run, in pipeline order
                  params:dict=None,   # step parameters, passed to the steps that declare them
                  job_id:str="local", # the job's id (Databricks' job id when it runs there)
                  quiet:bool=False,   # no progress lines on stderr

@@ -184,8 +184,9 @@ def test_model_version_tags(runs):
     home, j1, j2 = runs
     c = home.client()
     for j in (j1, j2):
+        from mlops_nb.registry import version_lineage
         v = c.get_model_version(MODEL, j["model"]["version"])
-        t = v.tags
+        t = version_lineage(v.tags)   # the anchors are tags of their own, the rest of the lineage one JSON tag
         assert t["candidate"] == "false"  # evaluate has looked at it
         assert t["model_validation_status"] == "PASSED"
         assert t["GIT_SHA"] == j["git_sha"]
@@ -193,7 +194,7 @@ def test_model_version_tags(runs):
         assert t["DBR_JOB_ID"] == "local"
         assert t["MLFLOW_RUN_ID"] == j["model"]["mlflow_run_id"] == v.run_id
         assert t["GIT_DIRTY"] == ("true" if j["git_dirty"] else "false")
-        assert t["env"] == "dev" and t["task_key"] == "train"
+        assert t["env"] == "dev" and "task_key" not in t   # a version's run is its train run: not repeated
         assert t["data_table"] == "dev.mlops_nb.training"
         assert t["data_version"] == "0" and t["data_rows"] == "5000"
         assert len(t["data_fingerprint"]) == 64
@@ -272,3 +273,26 @@ def test_train_runs_log_their_own_plots(runs):
     for j in (j1, j2):
         arts = {a.path for a in c.list_artifacts(j["model"]["mlflow_run_id"], "training")}
         assert arts == {f"training/{n}.png" for n in ("roc", "precision_recall", "calibration", "permutation_importance")}, arts
+
+
+def test_monitor_reads_each_prediction_once(runs):
+    """`mlops-nb monitor` after the two job runs: every prediction profiled once against its version's own baseline,
+    in tables shaped like Lakehouse Monitoring's; a second monitor run finds nothing new and writes nothing."""
+    home, j1, j2 = runs
+    first = home.cli("monitor", "--json")
+    assert first.returncode == 0, str(first)
+    (step,) = first.json()["steps"]
+    assert step["name"] == "monitor" and step["status"] == "SUCCEEDED" and int(step["outputs"]["rows"]) == 2 * j1["predictions"]["rows"]
+    again = home.cli("monitor", "--json")
+    assert again.returncode == 0 and "nothing written" in again.json()["steps"][0]["outputs"]["note"], str(again)
+    prof_t, drift_t = "dev.mlops_nb.predictions_profile_metrics", "dev.mlops_nb.predictions_drift_metrics"
+    snap = home.read_table(prof_t)
+    prof, drift = snap.data, home.read_table(drift_t).data
+    assert snap.version == 0   # one commit: the second monitor run wrote none
+    whole = prof[(prof.column_name == ":table") & (prof.slice_key == ":all")]
+    scored = home.read_table(PREDICTIONS).data
+    assert sorted(whole.model_version.unique()) == sorted(scored.model_version.unique())   # each version against its own baseline
+    assert whole["count"].sum() == len(scored) and (whole.job_run_id == first.json()["job_run_id"]).all()
+    base = drift[(drift.drift_type == "BASELINE") & (drift.slice_key == ":all") & (drift.column_name != "probability")]
+    assert len(base) and not base.drifted.any(), base[base.drifted]   # the demo's batch is drawn like its training rows
+    assert {"ks_test", "population_stability_index", "js_distance", "chi_squared_test"} <= set(drift.columns)

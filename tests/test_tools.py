@@ -36,10 +36,10 @@ def test_reset_demo_refuses_while_a_command_holds_the_lock(tmp_path):
 def test_mlproject_entry_points_run_the_pipeline_steps():
     "The top-level MLproject loads with MLflow's own parser; each entry point runs its steps through mlops_nb.mlproject."
     from mlflow.projects._project_spec import load_project
-    from mlops_nb.runner import STEPS
+    from mlops_nb.runner import STEPS, PIPELINE_STEPS
     root = Path(__file__).resolve().parent.parent
     project = load_project(str(root))
-    want = {"main": ",".join(STEPS), **{s: s for s in STEPS}}
+    want = {"main": ",".join(PIPELINE_STEPS), **{s: s for s in STEPS}}
     assert sorted(project._entry_points) == sorted(want)
     for name, steps in want.items():
         cmd = project.get_entry_point(name).compute_command({}, storage_dir=None)
