@@ -36,7 +36,7 @@ def cmd_demo_data(a) -> int:
 def cmd_run(a) -> int:
     "Run the pipeline notebooks as one job run."
     from mlops_nb.runner import PIPELINE_STEPS, run_pipeline, parse_params, format_summary
-    try: job = run_pipeline(a.env, getattr(a, "steps", None) or PIPELINE_STEPS, parse_params(getattr(a, "param", [])), quiet=False)
+    try: job = run_pipeline(a.env, a.steps or PIPELINE_STEPS, parse_params(a.param), quiet=False)
     except StepFailed as e:
         job = e.job
         if a.json: print(json.dumps(job.to_dict(), indent=2))
@@ -86,7 +86,7 @@ def add_lineage_commands(sub):
     r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
     json_flag(r)
     m = command(sub, "monitor", "cli:cmd_run", "monitor the predictions scored since the last monitor run (drift and quality)")
-    m.set_defaults(steps="monitor")
+    m.set_defaults(steps="monitor", param=[])   # `run --steps monitor`, its one step
     json_flag(m)
 
 def add_promotion_commands(sub):

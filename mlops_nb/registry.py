@@ -79,8 +79,9 @@ def version_lineage(tags:dict) -> dict:
     out = {k: v for k, v in tags.items() if k != "lineage"}
     try: grouped = json.loads(tags.get("lineage") or "{}")
     except ValueError: grouped = {}
-    infra = grouped.pop("infrastructure", {}) if isinstance(grouped, dict) else {}
-    return {**{f"infra.{k}": str(v) for k, v in infra.items()}, **{k: str(v) for k, v in dict(grouped).items()}, **out}
+    if not isinstance(grouped, dict): grouped = {}   # not ours: nothing to unpack
+    infra = grouped.pop("infrastructure", {})
+    return {**{f"infra.{k}": str(v) for k, v in infra.items()}, **{k: str(v) for k, v in grouped.items()}, **out}
 
 
 # %% ../nbs/03a_registry.ipynb #39e80f02
