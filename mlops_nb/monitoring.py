@@ -155,25 +155,30 @@ class MonitorResult:
     drifted: list = field(default_factory=list)   # "column (statistic value)" of BASELINE drift over the whole window
     quality: dict = field(default_factory=dict)   # {model version: its :table quality in the latest window of this run}
     note: str = ""
+    profile_rows: list = field(default_factory=list)  # the rows written (or that would have been: a re-run writes none)
+    drift_rows: list = field(default_factory=list)
+    profiles: dict = field(default_factory=dict)      # {(window_start, model_name, model_version): the window's whole profile}
+    baselines: dict = field(default_factory=dict)     # {(model_name, model_version): its baseline profile}
 
 def monitor_windows(cfg:EnvConfig, frame:pd.DataFrame, baselines:dict, labels, meta:dict) -> tuple:
-    "The profile and drift rows of every window, model version and slice of `frame` (features, probability, scored_at)."
+    "The profile and drift rows of every window, model version and slice of `frame` (features, probability, scored_at), and each window's whole profile."
     frame = frame.assign(**dict(zip(("window_start", "window_end"), window_bounds(frame.scored_at, cfg.monitor_granularity))))
     if labels is not None: frame = frame.merge(labels.rename(columns={cfg.label: "_label"}), on=cfg.keys, how="left")
-    prof, drift, prev = [], [], {}
+    prof, drift, prev, whole = [], [], {}, {}
     for (start, end, name, version), rows in frame.groupby(["window_start", "window_end", "model_name", "model_version"], sort=True):
         base = baselines[(name, version)]
         for key, value, part in _slices(rows, cfg.slice_columns):
             m = {**meta, "window_start": start, "window_end": end, "granularity": cfg.monitor_granularity,
                  "model_name": name, "model_version": str(version), "slice_key": key, "slice_value": value}
             cur = profile_on(base, part, score="probability")
+            if key == ":all": whole[(start, name, str(version))] = cur
             known = part[part["_label"].notna()] if "_label" in part else part.iloc[:0]
             q = quality_metrics(known["_label"], known.probability, cfg.decision_threshold) if len(known) else {"labeled_rows": 0}
             prof += profile_rows(cur, m, {**q, "estimated_auc": estimated_auc(part.probability)})
             drift += drift_rows(base, cur, base, m, "BASELINE")
             if (name, version, key, value) in prev: drift += drift_rows(prev[(name, version, key, value)], cur, base, m, "CONSECUTIVE")
             prev[(name, version, key, value)] = cur
-    return prof, drift
+    return prof, drift, whole
 
 # %% ../nbs/09b_monitoring.ipynb #1a0d184f
 def monitor_commits(name:str) -> list:
@@ -185,7 +190,8 @@ def _monitor_rows(ctx, cfg, res, preds, run_id, prof_t, drift_t, client):
     baselines = {k: load_baseline(client, *k) for k in preds[["model_name", "model_version"]].drop_duplicates().itertuples(index=False)}
     now = pd.Timestamp.now(tz="UTC")
     meta = {"predictions_version": res.version, "job_run_id": ctx.run_id, "git_sha": ctx.git_sha, "mlflow_run_id": run_id, "monitored_at": now}
-    prof, drift = monitor_windows(cfg, with_features(preds, cfg.keys), baselines, arrived_labels(cfg, now), meta)
+    prof, drift, res.profiles = monitor_windows(cfg, with_features(preds, cfg.keys), baselines, arrived_labels(cfg, now), meta)
+    res.baselines, res.profile_rows, res.drift_rows = baselines, prof, drift
     commit = {"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": res.version}
     if not any(h["job_run_id"] == ctx.run_id for h in monitor_commits(drift_t)):   # not written by a crashed try of this job run
         res.drift_version = write_table(pa.Table.from_pylist(drift, schema=DRIFT_SCHEMA), drift_t, metadata=commit)
@@ -200,27 +206,22 @@ def _monitor_rows(ctx, cfg, res, preds, run_id, prof_t, drift_t, client):
                 f"drift: {', '.join(res.drifted) or 'none'}")
 
 # %% ../nbs/09b_monitoring.ipynb #54f24183
-def monitor_predictions(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorResult:
+def monitor_predictions(ctx:RunContext, cfg:EnvConfig,
+                        mlflow_run_id:str,           # the monitor step's MLflow run, recorded on every row
+                        predictions_table:str=None,  # default: the env's
+                       ) -> MonitorResult:
     "Profile, compare and judge the predictions added since the last monitor run; append both tables in one commit each."
-    import mlflow
-    from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.mlflow_store import configure_mlflow
     table = cfg.qualify(predictions_table or cfg.predictions_table)
     prof_t, drift_t = cfg.qualify(cfg.profile_metrics_table), cfg.qualify(cfg.drift_metrics_table)
     if not table_exists(table): raise DataError(f"{table} does not exist: nothing was scored in env {cfg.env}; run the score step first")
     done = monitor_commits(prof_t)   # the state is in the commits' metadata: no row is read to find it
     res = MonitorResult(table, int(done[0]["predictions_version"]) if done else None)
-    run = start_step_run(ctx, cfg, {"predictions_table": table, "granularity": cfg.monitor_granularity,
-                                    "after_version": "none" if res.after_version is None else res.after_version})
     if any(h["job_run_id"] == ctx.run_id for h in done):   # a re-run of this job run (a repair): it counts nothing twice
         res.note = f"job run {ctx.run_id} already monitored {table}; nothing written"
-    else:
-        preds, res.version = added_rows(table, res.after_version)
-        res.rows = len(preds)
-        if preds.empty: res.note = f"no predictions in {table} after version {res.after_version}; nothing written"
-        else: _monitor_rows(ctx, cfg, res, preds, run.info.run_id, prof_t, drift_t, configure_mlflow(cfg))
-    mlflow.log_metrics({"monitored_rows": res.rows, "drifted_columns": len(res.drifted)})
-    set_step_outputs(summary=res.note, note=res.note, rows=res.rows, drifted=len(res.drifted))
-    finish_step_run()
+        return res
+    preds, res.version = added_rows(table, res.after_version)
+    res.rows = len(preds)
+    if preds.empty: res.note = f"no predictions in {table} after version {res.after_version}; nothing written"
+    else: _monitor_rows(ctx, cfg, res, preds, mlflow_run_id, prof_t, drift_t, configure_mlflow(cfg))
     return res
-
