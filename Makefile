@@ -9,10 +9,11 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export SPARK_LOCAL_IP ?= 127.0.0.1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR := false
 
-.PHONY: help venv demo test check-sync test-nbdev test-nbval test-pytest notebooks bench clean reset-demo lab
+.PHONY: help venv demo demo-drift test check-sync test-nbdev test-nbval test-pytest notebooks bench clean reset-demo lab
 
 help:
 	@echo "make demo   set up .venv, write demo data, run the whole pipeline (explore, train, evaluate, score)"
+	@echo "make demo-drift  the monitoring loop: days of drifting batches scored and monitored; an alert retrains (NO_DRIFT=1: none)"
 	@echo "make test   set up .venv, check notebooks and module are in sync, then nbdev_test, nbval, pytest"
 	@echo "make bench  run every benchmark script (bench/bench_*.py) and print its figures"
 	@echo "make notebooks  re-execute the library notebooks (outputs nbval checks), clean and export them"
@@ -33,6 +34,10 @@ demo: venv
 	$(BIN)/mlops-nb demo-data --env dev
 	$(BIN)/mlops-nb run --env dev
 	$(BIN)/mlops-nb monitor --env dev
+
+# The monitoring loop in its own home (.mlops-drift): see tools/demo_drift.sh. NO_DRIFT=1 runs the same days without drift.
+demo-drift: venv
+	BIN=$(BIN) $(if $(NO_DRIFT),DRIFT_STEP=0) bash tools/demo_drift.sh
 
 # Notebooks are the source: fail when nbdev_export would change mlops_nb/ or a notebook is not clean.
 check-sync: venv

@@ -34,15 +34,20 @@ def cmd_demo_data(a) -> int:
     return 0
 
 def cmd_run(a) -> int:
-    "Run the pipeline notebooks as one job run."
+    "Run the pipeline notebooks as one job run; after a monitor step, the retraining its alert asks for."
     from mlops_nb.runner import PIPELINE_STEPS, run_pipeline, parse_params, format_summary
+    from mlops_nb.retraining import run_retraining
     try: job = run_pipeline(a.env, a.steps or PIPELINE_STEPS, parse_params(a.param), quiet=False)
     except StepFailed as e:
-        job = e.job
-        if a.json: print(json.dumps(job.to_dict(), indent=2))
-        else: print(format_summary(job))
+        print(json.dumps(e.job.to_dict(), indent=2) if a.json else format_summary(e.job))
         raise
-    print(json.dumps(job.to_dict(), indent=2) if a.json else format_summary(job))
+    if not a.json: print(format_summary(job), flush=True)
+    retrain, failed = None, None
+    try: retrain = run_retraining(job, quiet=False)   # the monitoring job's condition and run_job tasks, locally
+    except StepFailed as e: retrain, failed = e.job, e
+    if a.json: print(json.dumps({**job.to_dict(), **({"retraining": retrain.to_dict()} if retrain else {})}, indent=2))
+    elif retrain: print("retraining:\n" + format_summary(retrain))
+    if failed: raise failed
     return 0
 
 # %% ../nbs/11_cli.ipynb #70c5fc7a

@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from .core import ConfigError, MlopsNbError, env_vars
 from .variables import CONFIG, HOME
+from .alert_rules import DEFAULT_ALERT_RULES, parse_rules
 
 # %% auto #0
-__all__ = ['ENVS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig', 'setting_problem', 'check_settings',
-           'overrides_for', 'load_config', 'overrides_toml', 'command_line', 'lock_holder', 'env_lock']
+__all__ = ['ENVS', 'SECRET_SETTINGS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig',
+           'setting_problem', 'check_settings', 'overrides_for', 'load_config', 'overrides_toml', 'command_line',
+           'lock_holder', 'EnvBusy', 'env_lock']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -56,6 +58,12 @@ class _RunSettings:
     slice_columns: list = field(default_factory=list)  # monitoring also profiles each value of these columns
     profile_metrics_table: str = "predictions_profile_metrics"  # monitoring's tables, shaped like Lakehouse Monitoring's
     drift_metrics_table: str = "predictions_drift_metrics"
+    alerts_table: str = "alerts"              # every alert the monitor raised and what was done about it
+    alert_rules: list[dict] = field(default_factory=lambda: [dict(r) for r in DEFAULT_ALERT_RULES])  # see alert_rules
+    alert_webhook_url: str = ""               # each alert is POSTed here as JSON (a secret: never logged); or $MLOPS_NB_ALERT_WEBHOOK_URL
+    alert_webhook_timeout_seconds: float = 5.0  # per try
+    alert_webhook_retries: int = 2            # tries after the first, with a growing pause
+    retrain_wait_seconds: float = 300.0       # a retraining an alert starts waits this long for the env's lock, then is skipped
     label: str = "label"                      # binary label column of the training table
     keys: list = field(default_factory=lambda: ["id"])  # columns that identify a row; passed through scoring
     features: list = field(default_factory=list)  # feature columns; empty = every column but label and keys
@@ -140,6 +148,10 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
     "monitor_granularity": (lambda v: v in ("hour", "day", "week"), "hour, day or week"),
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    "alert_webhook_retries": (lambda v: 0 <= v <= 10, "a whole number from 0 to 10"),
+    "alert_webhook_url": (lambda v: v == "" or v.startswith(("http://", "https://")), "an http(s) URL, or empty"),
     **{k: (lambda v: v >= 1, "a whole number, 1 or more") for k in ("n_boot", "serve_max_body_bytes", "serve_max_batch_rows", "serve_log_batch_rows")},
     **{k: (lambda v: v >= 0, "a whole number, 0 or more") for k in ("seed", "num_workers")},
     **{k: (lambda v: v.strip() != "", "a non-empty string") for k in ("schema", "model", "training_table", "scoring_table",
@@ -152,16 +164,23 @@ _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: 
           "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
           "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
           "list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
-          "dict": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table (name = value)")}
+          "dict": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table (name = value)"),
+          "list[dict]": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of tables")}
 
 # %% ../nbs/01_config.ipynb #f9931549
+SECRET_SETTINGS = ("alert_webhook_url",)  # never printed: `mlops-nb env` says "set"
+
 def setting_problem(name:str, value) -> str:
     "What is wrong with `value` for the setting `name` ('' when nothing): its `EnvConfig` type, then its range."
     f = next(f for f in dataclasses.fields(EnvConfig) if f.name == name)
     ok, want = _TYPES[f.type if isinstance(f.type, str) else f.type.__name__]
     rule = _RANGES.get(name)
     if not ok(value) or (rule is not None and not rule[0](value)):
-        return f"expected {rule[1] if rule else want}, found {value!r}" + ("" if ok(value) else f" ({type(value).__name__})")
+        found = "a value that is not" if name in SECRET_SETTINGS else f"{value!r}"   # a secret is never repeated
+        return f"expected {rule[1] if rule else want}, found {found}" + ("" if ok(value) else f" ({type(value).__name__})")
+    if name == "alert_rules":
+        try: parse_rules(value)
+        except ConfigError as e: return str(e)
     return ""
 
 def _setting_origin(env:str, name:str, overrides:dict) -> str:
@@ -211,9 +230,15 @@ def load_config(env:str="dev", # dev, staging or prod
     return EnvConfig(env=env, **check_settings(env, values, overrides))
 
 # %% ../nbs/01_config.ipynb #613820e5
+def _toml_value(v) -> str:
+    "`v` as a TOML value: JSON's strings, numbers and booleans are TOML's; lists and inline tables are written out."
+    if isinstance(v, list): return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict): return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    return json.dumps(v)
+
 def overrides_toml(env:str, values:dict) -> str:
-    "TOML text setting `values` (strings, numbers, booleans, lists of strings) for `env`, for a file `$MLOPS_NB_CONFIG` names."
-    return f"[{env}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    "TOML text setting `values` for `env`, for a file `$MLOPS_NB_CONFIG` names; secret settings are left out (never in a file)."
+    return f"[{env}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if k not in SECRET_SETTINGS)
 
 # %% ../nbs/01_config.ipynb #42379722
 import contextlib, fcntl, platform, sys
@@ -229,17 +254,24 @@ def lock_holder(path:Path) -> str:
     if not isinstance(h, dict) or not h.get("pid"): return "another process (it has not yet written its name into the lock file)"
     return f"`{h.get('command', '?')}` (pid {h['pid']} on {h.get('host', '?')}, since {h.get('since', '?')})"
 
+class EnvBusy(MlopsNbError):
+    "Another process holds the env's lock."
+
 @contextlib.contextmanager
-def env_lock(env:str):
-    "Hold the lock of `env` (its file names the holder); fail at once, naming the holder, when another process holds it."
+def env_lock(env:str, wait_seconds:float=0):
+    "Hold the lock of `env` (its file names the holder); when another process holds it, wait up to `wait_seconds`, then fail naming the holder."
+    import time
     from mlops_nb.core import utc_now
     d = mlops_home()/"locks"; d.mkdir(parents=True, exist_ok=True)
-    path = d/f"{env}.lock"
+    path, deadline = d/f"{env}.lock", time.monotonic() + wait_seconds
     with open(path, "a+") as f:
-        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MlopsNbError(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
-                               f"then try again") from None
+        while True:
+            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise EnvBusy(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
+                                  f"then try again") from None
+                time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
         try:
             f.truncate(0); f.write(json.dumps({"command": command_line(), "pid": os.getpid(), "host": platform.node(), "since": utc_now()})); f.flush()
             yield

@@ -73,6 +73,7 @@ _PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
     "name": (lambda s: s.strip() != "", lambda: "a column name"),
     "names": (lambda s: all(n.strip() for n in s.split(",")), lambda: "column names separated by commas"),
     "model_type": (lambda s: s in MODEL_TYPES, lambda: f"one of {', '.join(MODEL_TYPES)}"),
+    "word": (lambda s: s.strip() != "" and not any(ch.isspace() for ch in s.strip()), lambda: "one word (no spaces)"),
 }
 
 # %% ../nbs/02_context.ipynb #6f5461c3
@@ -81,6 +82,7 @@ STEP_PARAMS = {  # every parameter of the pipeline notebooks beyond the run cont
     "training_table": "table", "scoring_table": "table", "predictions_table": "table",
     "training_version": "version", "scoring_version": "version",
     "label": "name", "keys": "names", "features": "names",
+    "trigger": "word", "alert_id": "word", "monitor_job_run_id": "word",   # why the job run started
 }
 
 def param_problem(name:str, value, source:str="") -> str:
@@ -167,11 +169,13 @@ class RunContext:
     git_dirty: str      # "true" when the work tree had uncommitted changes, "false", or "unknown"
     on_databricks: bool = False
     sources: dict = field(default_factory=dict)  # where each value came from
+    trigger: dict = field(default_factory=dict)  # why the job run started: {trigger, alert_id, monitor_job_run_id}, those set
 
     def tags(self) -> dict:
         "The lineage tags of this run, with the names other tools rely on."
         return {"GIT_SHA": self.git_sha, "GIT_DIRTY": self.git_dirty, "DBR_JOB_ID": self.job_id,
-                "DBR_RUN_ID": self.run_id, "env": self.env, "task_key": self.task_key}
+                "DBR_RUN_ID": self.run_id, "env": self.env, "task_key": self.task_key,
+                **{("trigger" if k == "trigger" else f"trigger.{k}"): v for k, v in self.trigger.items()}}
 
 # %% ../nbs/02_context.ipynb #47515975
 _CONTEXT_ENV_VARS = {"env": "MLOPS_NB_ENV", "job_id": "DBR_JOB_ID", "run_id": "DBR_RUN_ID",
@@ -181,6 +185,7 @@ def resolve_context(env=None, job_id=None, run_id=None, task_key=None, git_sha=N
                     default_task_key:str="", # the notebook's own step name, used when no task key is given
                     dbutils=None,            # dbutils to read widgets from; default: the notebook's own
                     cwd=None,                # where to ask git; default: the current folder
+                    trigger=None, alert_id=None, monitor_job_run_id=None,  # why the job run started (a monitor's alert, ...)
                    ) -> RunContext:
     "The run context from papermill values, widgets, environment variables and git, in that order."
     dbutils = dbutils if dbutils is not None else get_dbutils()
@@ -205,4 +210,6 @@ def resolve_context(env=None, job_id=None, run_id=None, task_key=None, git_sha=N
             same = info is not None and info[0] == vals["git_sha"]
             vals["git_dirty"], src["git_dirty"] = (("true" if info[1] else "false"), "git") if same else ("unknown", "default")
     else: vals["git_dirty"] = "true" if parse_bool(vals["git_dirty"], "git_dirty") else "false"
-    return RunContext(**vals, on_databricks=on_databricks(), sources=src)
+    why = {k: resolve_param(k, v, env_var=f"MLOPS_NB_{k.upper()}", dbutils=dbutils)[0]
+           for k, v in dict(trigger=trigger, alert_id=alert_id, monitor_job_run_id=monitor_job_run_id).items()}
+    return RunContext(**vals, on_databricks=on_databricks(), sources=src, trigger={k: v for k, v in why.items() if v})

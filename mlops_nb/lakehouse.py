@@ -14,7 +14,7 @@ from .config import mlops_home, on_databricks
 # %% auto #0
 __all__ = ['table_path', 'table_exists', 'first_line', 'log_versions', 'missing_files', 'table_failure', 'table_errors',
            'Snapshot', 'parse_version', 'open_delta', 'read_table', 'table_version', 'write_table', 'history',
-           'spark_log', 'stderr_to', 'get_spark', 'read_spark_table']
+           'update_table', 'spark_log', 'stderr_to', 'get_spark', 'read_spark_table']
 
 # %% ../nbs/03_lakehouse.ipynb #46285d9d
 def table_path(name:str, # three-level table name, catalog.schema.table
@@ -190,6 +190,22 @@ def history(name:str, limit:int=None) -> list[dict]:
     "The commits of table `name`, newest first."
     if on_databricks(): return [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
     return open_delta(name, check_files=False).history(limit)
+
+def update_table(name:str,     # three-level table name
+                 predicate:str, # SQL, e.g. "alert_id = 'a1'"
+                 values:dict,   # {column: new value}
+                 metadata:dict=None) -> int:
+    "Set `values` in the rows of table `name` that match `predicate`, in one transaction; return the new version."
+    if on_databricks():
+        from pyspark.sql import functions as F
+        from delta.tables import DeltaTable as SparkDelta
+        SparkDelta.forName(get_spark(), name).update(F.expr(predicate), {k: F.lit(v) for k, v in values.items()})
+        return table_version(name)
+    from deltalake import CommitProperties
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    open_delta(name, check_files=False).update(new_values=values, predicate=predicate,
+                                               commit_properties=CommitProperties(custom_metadata=meta) if meta else None)
+    return open_delta(name, check_files=False).version()
 
 # %% ../nbs/03_lakehouse.ipynb #d078e4d2
 def spark_log() -> Path:

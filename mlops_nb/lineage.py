@@ -159,7 +159,8 @@ def _data_section(tags:dict, missing:list) -> dict:
 
 def _job_sections(client, tags:dict, train_run, missing:list) -> tuple[dict, list]:
     "The job section (job and job run ids) and the job run's executed notebooks."
-    job = {"job_id": tags.get("DBR_JOB_ID"), "run_id": tags.get("DBR_RUN_ID")}
+    why = {"trigger": tags.get("trigger"), "alert_id": tags.get("trigger.alert_id"), "monitor_job_run_id": tags.get("trigger.monitor_job_run_id")}
+    job = {"job_id": tags.get("DBR_JOB_ID"), "run_id": tags.get("DBR_RUN_ID"), **{k: v for k, v in why.items() if v}}
     if not job["run_id"]: missing.append("job: no DBR_RUN_ID tag on the model version or its run")
     nbs = job_notebooks(client, [train_run.info.experiment_id], job["run_id"]) if train_run and job["run_id"] else []
     if job["run_id"] and not nbs:
@@ -225,6 +226,11 @@ def trace(target:str,  # models:/name/3, models:/name@alias, an MLflow run id or
     return out
 
 # %% ../nbs/12_lineage.ipynb #85c349db
+def _why(j:dict) -> str:
+    "Why a job run started, when it was told (`trigger`)."
+    if j.get("trigger") == "monitor": return f"; started by alert {j.get('alert_id') or '?'} of monitor job run {j.get('monitor_job_run_id') or '?'}"
+    return f"; trigger {j['trigger']}" if j.get("trigger") else ""
+
 def format_trace(t:dict) -> str:
     "A trace as lines of text: one per source, then the job, its notebooks and any missing link."
     c, i, e, m, d, j = (t[k] for k in ("code", "infrastructure", "environment", "model", "data", "job"))
@@ -237,7 +243,7 @@ def format_trace(t:dict) -> str:
             ("model", f"{m['name']} version {m['version']}" + (f" ({', '.join(m['aliases'])})" if m["aliases"] else "")
                       + f", MLflow run {m['mlflow_run_id']}, artifacts {m['artifact_uri']}"),
             ("data", f"{d['table']} version {d['version']}, {d['rows']} rows, fingerprint {d['fingerprint']}"),
-            ("job", f"job {j['job_id']}, job run {j['run_id']}")]
+            ("job", f"job {j['job_id']}, job run {j['run_id']}" + _why(j))]
     if st := t.get("step"):  # a step that trained no model: the step instead of a model, its data only when it read a table
         rows = [r for r in rows if r[0] != "model" and (r[0] != "data" or d["table"])]
         rows.insert(0, ("step", f"{st['task_key']}, MLflow run {st['mlflow_run_id']} ({st['status']})"

@@ -8,7 +8,7 @@ import dataclasses, logging, os
 from pathlib import Path
 from .core import MlopsNbError, ServiceError, env_vars
 from .variables import CONFIG
-from .config import EnvConfig, home_source, mlops_home, on_databricks
+from .config import EnvConfig, SECRET_SETTINGS, home_source, mlops_home, on_databricks
 
 # %% auto #0
 __all__ = ['EXPERIMENT_KIND', 'tracking_uri', 'registry_uri', 'artifact_root', 'redact_uri', 'check_tracking_server',
@@ -123,6 +123,7 @@ def describe_env(cfg:EnvConfig) -> dict:
              on_databricks=on_databricks(), tracking_uri=redact_uri(tracking_uri()), registry_uri=redact_uri(registry_uri()),
              mlops_home=str(mlops_home()), config_file=CONFIG.get())
     for k in ("training_table", "scoring_table", "predictions_table", "inference_log_table"): d.pop(k)
+    for k in SECRET_SETTINGS: d[k] = "set" if d[k] else ""
     d["secrets"] = {k: "set" for k in sorted(os.environ) if k.startswith(("DATABRICKS_", "MLFLOW_", "MLOPS_NB_"))
                     and any(w in k for w in _SECRET_WORDS)}
     return d

@@ -4,16 +4,38 @@
 
 # %% ../nbs/09e_monitor_step.ipynb #a0892e01
 from __future__ import annotations
+from dataclasses import dataclass, field
 from .config import EnvConfig
 from .context import RunContext
 from .monitoring import MonitorResult, monitor_predictions
+from .alerts import AlertsResult, raise_alerts
 
 # %% auto #0
-__all__ = ['run_monitor']
+__all__ = ['MonitorStep', 'run_monitor']
 
 # %% ../nbs/09e_monitor_step.ipynb #dc469417
-def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorResult:
-    "The monitor step: monitor the new predictions in the step's MLflow run, and record what it found as the step's outputs."
+@dataclass
+class MonitorStep:
+    "What the monitor step did: the tables it wrote and the alerts it raised."
+    monitor: MonitorResult
+    alerts: AlertsResult = field(default_factory=AlertsResult)
+
+    @property
+    def retrain(self) -> bool: return bool(self.alerts.retrain_alerts)
+
+    def summary(self) -> str:
+        "What a person reads after the step: what was read, the quality per version, the alerts."
+        lines = [self.monitor.note]
+        for version, q in self.monitor.quality.items():
+            lines.append(f"version {version}: {q['labeled_rows']} labelled rows" + (f", AUC {q['auc']:.4f}" if q.get("auc") is not None else "")
+                         + (f"; estimated AUC {q['estimated_auc']:.4f} (from its own probabilities)" if q.get("estimated_auc") is not None else ""))
+        from mlops_nb.alerts import alert_text
+        lines += [f"alert {a['alert_id']}: {alert_text(a)} ({a['action_status']}; webhook: {a['webhook']})" for a in self.alerts.raised] or [self.alerts.note or "no alert"]
+        if self.retrain: lines.append(f"retraining requested by alert {self.alerts.retrain_alerts[0]}")
+        return "\n".join(lines)
+
+def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorStep:
+    "The monitor step: monitor the new predictions and raise alerts in the step's MLflow run, and record what it found as the step's outputs."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.monitoring import monitor_commits
@@ -21,8 +43,12 @@ def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> Mo
     run = start_step_run(ctx, cfg, {"predictions_table": cfg.qualify(predictions_table or cfg.predictions_table),
                                     "granularity": cfg.monitor_granularity,
                                     "after_version": done[0]["predictions_version"] if done else "none"})
-    res = monitor_predictions(ctx, cfg, run.info.run_id, predictions_table)
-    mlflow.log_metrics({"monitored_rows": res.rows, "drifted_columns": len(res.drifted)})
-    set_step_outputs(summary=res.note, note=res.note, rows=res.rows, drifted=len(res.drifted))
+    step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table))
+    step.alerts = raise_alerts(ctx, cfg, run.info.run_id)
+    a = step.alerts
+    mlflow.log_metrics({"monitored_rows": step.monitor.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised)})
+    set_step_outputs(summary=f"{step.monitor.note}; {a.note}", note=f"{step.monitor.note}; {a.note}", rows=step.monitor.rows,
+                     drifted=len(step.monitor.drifted), alerts=len(a.raised), retrain="true" if step.retrain else "false",
+                     alert_id=(a.retrain_alerts or [""])[0], undelivered=len(a.undelivered))
     finish_step_run()
-    return res
+    return step

@@ -104,7 +104,8 @@ def drift_rows(ref:dict, cur:dict, scale:dict, meta:dict, drift_type:str) -> lis
     for name, s in stats.items():
         v = drift_verdict(s, n_tests=len(stats))
         out.append({**meta, "column_name": name, "drift_type": drift_type, "count": s["count"], "base_count": s["base_count"],
-                    **{k: s.get(k) for k in _DRIFT_STATS}, "drifted": bool(v["drifted"]), "drift_statistic": v["statistic"]})
+                    **{k: s.get(k) for k in _DRIFT_STATS}, "drifted": bool(v["drifted"]), "drift_statistic": v["statistic"],
+                    "drift_value": v["value"], "drift_bound": v["bound"]})
     return out
 
 _DRIFT_STATS = ("ks_test", "wasserstein_distance", "population_stability_index", "chi_squared_test", "js_distance",
@@ -123,7 +124,7 @@ PROFILE_SCHEMA = pa.schema(_KEY + [("count", _I), ("num_nulls", _I), ("percent_n
 DRIFT_SCHEMA = pa.schema(_KEY + [("drift_type", _S), ("count", _I), ("base_count", _I), ("ks_test", _TEST),
                                  ("wasserstein_distance", _F), ("population_stability_index", _F), ("chi_squared_test", _TEST),
                                  ("js_distance", _F), ("tv_distance", _F), ("l_infinity_distance", _F), ("drifted", pa.bool_()),
-                                 ("drift_statistic", _S)] + _LINEAGE)
+                                 ("drift_statistic", _S), ("drift_value", _F), ("drift_bound", _F)] + _LINEAGE)
 
 def with_features(preds:pd.DataFrame, keys:list) -> pd.DataFrame:
     "The predictions joined by `keys` with the rows they scored: each input table at the version recorded beside it."

@@ -61,8 +61,8 @@ _LINEAGE_KEYS = ("GIT_SHA", "GIT_DIRTY", "DBR_JOB_ID", "DBR_RUN_ID", "MLFLOW_RUN
                  "environment_hash", "environment_packages", "mlops_nb_path", "on_databricks")
 
 def lineage_tags(tags:dict) -> dict:
-    "The lineage tags among a run's tags: code, job, infrastructure (`infra.*`), environment and data (`data_*`)."
-    return {k: v for k, v in tags.items() if k in _LINEAGE_KEYS or k.startswith(("infra.", "data_"))}
+    "The lineage tags among a run's tags: code, job and why it ran (`trigger*`), infrastructure (`infra.*`), environment and data (`data_*`)."
+    return {k: v for k, v in tags.items() if k in _LINEAGE_KEYS or k.startswith(("infra.", "data_", "trigger"))}
 
 VERSION_ANCHORS = ("GIT_SHA", "MLFLOW_RUN_ID", "DBR_JOB_ID", "DBR_RUN_ID", "env", "data_table", "data_version", "data_fingerprint")
 

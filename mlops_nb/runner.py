@@ -214,6 +214,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
                  params:dict=None,   # step parameters, passed to the steps that declare them
                  job_id:str="local", # the job's id (Databricks' job id when it runs there)
                  quiet:bool=False,   # no progress lines on stderr
+                 lock_wait_seconds:float=0, # wait this long for the env's lock (`EnvBusy` after)
                 ) -> JobRun:
     "Run the pipeline's notebooks as one job run; raise `StepFailed` (with the JobRun) when a step fails."
     cfg = load_config(env)
@@ -225,7 +226,7 @@ def run_pipeline(env:str="dev",      # dev, staging or prod
     out_dir = mlops_home()/"runs"/job.job_run_id
     t0 = time.monotonic()
     from mlops_nb.core import env_vars, process_token
-    with locked_env(env), stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
+    with locked_env(env, lock_wait_seconds), stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the lock is ours: a refused run writes nothing
         _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
         for i, s in enumerate(job.steps, 1):

@@ -275,8 +275,8 @@ def recover_env(env:str) -> dict:
     return {"ended_runs": end_dead_runs(cfg, client), "completed_move": reconcile_champion(cfg, client)}
 
 @contextlib.contextmanager
-def locked_env(env:str):
-    "Hold the lock of `env`, having first finished what killed commands left half done there."
-    with env_lock(env):
+def locked_env(env:str, wait_seconds:float=0):
+    "Hold the lock of `env` (waiting up to `wait_seconds` for it), having first finished what killed commands left half done there."
+    with env_lock(env, wait_seconds):
         recover_env(env)
         yield

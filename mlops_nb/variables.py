@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from .core import ConfigError, parse_bool
 
 # %% auto #0
-__all__ = ['HOME', 'CONFIG', 'ENV', 'PIPELINES', 'USER', 'SERVE_TOKEN', 'SPARK_MASTER', 'SPARK_DRIVER_MEMORY',
-           'SPARK_ARROW_BATCH', 'RUNNER', 'FAILPOINT', 'PARAM', 'GIT_SHA', 'GIT_DIRTY', 'DBR_JOB_ID', 'DBR_RUN_ID',
-           'DBR_TASK_KEY', 'VARIABLES', 'EnvVar', 'variables_markdown']
+__all__ = ['HOME', 'CONFIG', 'ENV', 'PIPELINES', 'USER', 'SERVE_TOKEN', 'ALERT_WEBHOOK_URL', 'SPARK_MASTER',
+           'SPARK_DRIVER_MEMORY', 'SPARK_ARROW_BATCH', 'RUNNER', 'FAILPOINT', 'PARAM', 'GIT_SHA', 'GIT_DIRTY',
+           'DBR_JOB_ID', 'DBR_RUN_ID', 'DBR_TASK_KEY', 'VARIABLES', 'EnvVar', 'variables_markdown']
 
 # %% ../nbs/00a_variables.ipynb #bdc10dbe
 @dataclass(frozen=True)
@@ -43,6 +43,7 @@ ENV = EnvVar("MLOPS_NB_ENV", str, "", "the env of a notebook run by hand or by p
 PIPELINES = EnvVar("MLOPS_NB_PIPELINES", str, "", "the folder of the pipeline notebooks; default `nbs/pipelines` beside the package")
 USER = EnvVar("MLOPS_NB_USER", str, "", "who moves a champion, recorded in its history; default the login name")
 SERVE_TOKEN = EnvVar("MLOPS_NB_SERVE_TOKEN", str, "", "bearer token `mlops-nb serve` requires (a secret: never printed or logged); unset, none")
+ALERT_WEBHOOK_URL = EnvVar("MLOPS_NB_ALERT_WEBHOOK_URL", str, "", "URL each monitoring alert is POSTed to, before the env's `alert_webhook_url` (a secret: never printed or logged)")
 SPARK_MASTER = EnvVar("MLOPS_NB_SPARK_MASTER", str, "local[*]", "Spark master of the local scoring session")
 SPARK_DRIVER_MEMORY = EnvVar("MLOPS_NB_SPARK_DRIVER_MEMORY", str, "1g", "heap of the local Spark driver")
 SPARK_ARROW_BATCH = EnvVar("MLOPS_NB_SPARK_ARROW_BATCH", int, 50_000, "rows per Arrow batch between Spark and the scoring UDF")
@@ -55,7 +56,7 @@ DBR_JOB_ID = EnvVar("DBR_JOB_ID", str, "", "the Databricks job id of a run, when
 DBR_RUN_ID = EnvVar("DBR_RUN_ID", str, "", "the job run id of a run (never an MLflow run id), when no widget gives it")
 DBR_TASK_KEY = EnvVar("DBR_TASK_KEY", str, "", "the task key (step) of a run, when no widget gives it")
 
-VARIABLES = (HOME, CONFIG, ENV, PIPELINES, USER, SERVE_TOKEN, SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_ARROW_BATCH, RUNNER,
+VARIABLES = (HOME, CONFIG, ENV, PIPELINES, USER, SERVE_TOKEN, ALERT_WEBHOOK_URL, SPARK_MASTER, SPARK_DRIVER_MEMORY, SPARK_ARROW_BATCH, RUNNER,
              FAILPOINT, PARAM, GIT_SHA, GIT_DIRTY, DBR_JOB_ID, DBR_RUN_ID, DBR_TASK_KEY)
 
 def variables_markdown() -> str:
