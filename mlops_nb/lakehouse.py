@@ -191,6 +191,7 @@ def history(name:str, limit:int=None) -> list[dict]:
     if on_databricks(): return [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
     return open_delta(name, check_files=False).history(limit)
 
+# %% ../nbs/03_lakehouse.ipynb #cb42a877
 def update_table(name:str,     # three-level table name
                  predicate:str, # SQL, e.g. "alert_id = 'a1'"
                  values:dict,   # {column: new value}
