@@ -55,7 +55,7 @@ check-sync: venv
 # run them), in pipeline order (train registers a candidate, evaluate promotes it, score uses the champion) against one
 # seeded home holding the demo tables; pytest runs them again, through the runner, in every end-to-end test.
 # The library notebooks make their own temporary homes; each check gives them an empty one besides.
-PIPELINE_NBS := explore train evaluate score
+PIPELINE_NBS := explore train evaluate score monitor
 LOCK_HOME := flock $(TEST_HOME)/.lock
 $(TEST_HOME)/.seeded: $(STAMP)
 	rm -rf $(TEST_HOME)
