@@ -54,9 +54,11 @@ def _share_points(rule:AlertRule, drift:pd.DataFrame) -> pd.DataFrame:
                     breach=[_worse(v, rule.bound, rule.direction) for v in g.value])
 
 def _quality_points(rule:AlertRule, prof:pd.DataFrame) -> pd.DataFrame:
-    "Points of a quality rule: the `:table` row of each window (rows: its labelled rows; all rows for `estimated_auc`)."
+    "Points of a quality rule: the latest `:table` row of each window (rows: its labelled rows; all rows for `estimated_auc`)."
     q = prof[(prof.column_name == ":table") & (prof.slice_key == ":all")]
     if q.empty or rule.metric not in q: return pd.DataFrame()
+    if "monitored_at" in q:   # a window's quality is written again as its labels arrive: its latest row is its quality
+        q = q.sort_values("monitored_at").drop_duplicates(["window_start", "model_name", "model_version"], keep="last")
     rows = q["count"] if rule.metric == "estimated_auc" else q["labeled_rows"].fillna(0)
     out = q[_KEY].assign(column_name=":table", rows=rows.values, value=q[rule.metric].values, bound=rule.bound,
                          direction=rule.direction, statistic=rule.metric)

@@ -54,6 +54,7 @@ class _RunSettings:
     scoring_table: str = "scoring_batch"
     predictions_table: str = "predictions"
     labels_table: str = "labels"              # the scored rows' labels as they arrive: keys, label, labeled_at
+    label_horizon_hours: float = 72.0         # monitoring re-joins the labels of windows this recent (they arrive late)
     monitor_granularity: str = "day"          # monitoring's time windows: hour, day or week
     slice_columns: list = field(default_factory=list)  # monitoring also profiles each value of these columns
     profile_metrics_table: str = "predictions_profile_metrics"  # monitoring's tables, shaped like Lakehouse Monitoring's
@@ -150,6 +151,7 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
+    "label_horizon_hours": (lambda v: v > 0, "a number of hours above 0"),
     "alert_webhook_retries": (lambda v: 0 <= v <= 10, "a whole number from 0 to 10"),
     "alert_webhook_url": (lambda v: v == "" or v.startswith(("http://", "https://")), "an http(s) URL, or empty"),
     **{k: (lambda v: v >= 1, "a whole number, 1 or more") for k in ("n_boot", "serve_max_body_bytes", "serve_max_batch_rows", "serve_log_batch_rows")},

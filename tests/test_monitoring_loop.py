@@ -111,3 +111,22 @@ def test_a_malformed_rule_stops_the_monitor_before_any_work(loop):
     assert r.returncode == 2 or r.returncode == 1, str(r)
     assert "bad alert rule(s): rule 1 (x): direction: expected above or below" in r.stderr and "k of n: expected k <= n" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and home.read_table("dev.mlops_nb.predictions_profile_metrics").version == before
+
+
+def test_late_labels_are_joined_by_a_later_monitor_run(loop):
+    "The demo's labels arrive hours after scoring: once they are in, the next monitor run writes the windows' quality again."
+    import pandas as pd
+    home, m, _ = loop
+    labels = home.read_table("dev.mlops_nb.labels").data
+    assert (pd.to_datetime(labels.labeled_at, utc=True) > pd.Timestamp.now(tz="UTC")).all()   # none arrived yet
+    home.write_table(labels.assign(labeled_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)), "dev.mlops_nb.labels")
+    r = home.cli("monitor", "--json", env={"MLOPS_NB_CONFIG": home.path/"rules.toml"})
+    assert r.returncode == 0, str(r)
+    assert "written again with the labels arrived since" in r.json()["steps"][0]["outputs"]["note"], r.json()["steps"][0]["outputs"]
+    prof = home.read_table("dev.mlops_nb.predictions_profile_metrics").data
+    q = prof[(prof.column_name == ":table") & (prof.slice_key == ":all")].sort_values("monitored_at")
+    latest = q.drop_duplicates(["window_start", "model_name", "model_version"], keep="last")
+    scored = home.read_table("dev.mlops_nb.predictions").data
+    labelled = scored.merge(labels[["id"]], on="id")
+    assert latest.labeled_rows.sum() == len(labelled) and latest["count"].sum() == len(scored), latest
+    assert latest.auc.notna().all() and (latest.job_run_id == r.json()["job_run_id"]).all()
