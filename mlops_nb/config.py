@@ -112,6 +112,10 @@ class _DerivedNames:
     def scoring_job_name(self) -> str:
         "The name of the env's scoring-only job."
         return self.scoring_job or f"mlops-nb-{self.env}-scoring"
+    @property
+    def monitoring_job_name(self) -> str:
+        "The name of the env's monitoring job (monitor, then the pipeline job when the monitor asks for retraining)."
+        return self.monitoring_job or f"mlops-nb-{self.env}-monitoring"
 
     def qualify(self, name:str) -> str:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
@@ -137,8 +141,10 @@ class EnvConfig(_RunSettings, _DerivedNames):
     pypi_libraries: list = field(default_factory=lambda: ["skops>=0.10,<1"])  # task libraries the runtime lacks
     pipeline_job: str = ""                    # job name; default mlops-nb-<env>-pipeline
     scoring_job: str = ""                     # job name; default mlops-nb-<env>-scoring
+    monitoring_job: str = ""                  # job name; default mlops-nb-<env>-monitoring
     pipeline_cron: str = "0 0 5 ? * MON"      # quartz cron of the pipeline job (train, evaluate, score)
     scoring_cron: str = "0 0 6 * * ?"         # quartz cron of the scoring-only job
+    monitor_cron: str = "0 0 7 * * ?"         # quartz cron of the monitoring job
     timezone: str = "UTC"                     # time zone of both schedules
     schedule_paused: bool = True              # schedules start paused (prod: unpaused)
 
