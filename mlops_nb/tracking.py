@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 from .config import EnvConfig, on_databricks, mlops_home, command_line, env_lock
 from .mlflow_store import configure_mlflow
-from .context import RunContext, dirty_files, pipelines_dir
+from .context import RunContext, dirty_files, pipelines_dir, get_dbutils
 
 # %% auto #0
 __all__ = ['ENVIRONMENT_ARTIFACT', 'data_fingerprint', 'infrastructure', 'installed_packages', 'environment', 'public_url',
-           'source_tags', 'log_lineage', 'start_step_run', 'log_data_lineage', 'step_note', 'set_step_outputs',
-           'finish_step_run', 'log_dataset', 'log_notebook', 'logged_model_id', 'end_dead_runs', 'recover_env',
-           'locked_env']
+           'source_tags', 'log_lineage', 'start_step_run', 'output_value', 'set_task_values', 'log_data_lineage',
+           'step_note', 'set_step_outputs', 'finish_step_run', 'log_dataset', 'log_notebook', 'logged_model_id',
+           'end_dead_runs', 'recover_env', 'locked_env']
 
 # %% ../nbs/05_tracking.ipynb #531ccaa5
 def data_fingerprint(df:pd.DataFrame) -> str:
@@ -160,6 +160,19 @@ def start_step_run(ctx:RunContext, # the run this step belongs to
     _register_failure_hook()
     return run
 
+# %% ../nbs/05_tracking.ipynb #32cb3e2e
+def output_value(v) -> str:
+    "A step output as its tag and task value hold it: `str(v)`, a boolean as `true` or `false`."
+    return str(v).lower() if isinstance(v, bool) else str(v)
+
+def set_task_values(outputs:dict, dbutils=None) -> list:
+    "Set each output (`{name: value}`) as a task value of this Databricks job task (`dbutils`: default the notebook's); return the names set."
+    db = dbutils if dbutils is not None else get_dbutils()
+    task_values = getattr(getattr(db, "jobs", None), "taskValues", None)
+    if task_values is None: return []
+    for k, v in outputs.items(): task_values.set(key=k, value=output_value(v))
+    return list(outputs)
+
 # %% ../nbs/05_tracking.ipynb #bd79d233
 def log_data_lineage(snapshot,               # a lakehouse.Snapshot
                      role:str="data",        # tag prefix: data (what was trained on), input (what was scored)
@@ -181,12 +194,13 @@ def step_note(task_key:str, outputs:dict) -> str:
     return f"{task_key}: " + (", ".join(said) if said else "nothing produced")
 
 def set_step_outputs(summary:str=None, **outputs):
-    "Record what this step produced (`output.<name>` tags, which the runner reads back) and its one-line note."
+    "Record what this step produced (`output.<name>` tags, which the runner reads back; task values on Databricks) and its one-line note."
     import mlflow
     from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
     task_key = mlflow.get_run(mlflow.active_run().info.run_id).data.tags.get("task_key", "step")
     note = f"{task_key}: {summary}" if summary else step_note(task_key, outputs)
-    mlflow.set_tags({**{f"output.{k}": str(v) for k, v in outputs.items()}, MLFLOW_RUN_NOTE: note})
+    mlflow.set_tags({**{f"output.{k}": output_value(v) for k, v in outputs.items()}, MLFLOW_RUN_NOTE: note})
+    set_task_values(outputs)
 
 def finish_step_run(status:str="FINISHED"):
     "End the step's MLflow run."

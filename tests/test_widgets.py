@@ -1,9 +1,11 @@
 """The pipeline notebooks run unchanged as Databricks job tasks: with no papermill parameters, every value
-comes from `dbutils.widgets` (the job's base_parameters).
+comes from `dbutils.widgets` (the job's base_parameters), and a step's outputs become task values
+(`dbutils.jobs.taskValues`) that later tasks of the job run (the monitoring job's condition task) read.
 
 A stand-in `dbutils` is put into the kernel's namespace by an IPython startup file in a temporary IPYTHONDIR,
 so the notebook itself is exactly the one in the repository. Like Databricks, its `widgets.get` raises for a
-widget that is not defined.
+widget that is not defined, its `jobs.taskValues.set` takes only JSON values, and its `jobs.taskValues.get` raises
+for a value that was not set unless given a default. What was set is appended to $TEST_DBUTILS_TASK_VALUES.
 """
 from __future__ import annotations
 import json, os, sys
@@ -12,7 +14,8 @@ import pytest
 from conftest import MODEL, PIPELINES, clean_environ, head_sha
 
 STARTUP = '''
-# Test stand-in for Databricks' dbutils: widgets from the JSON in $TEST_DBUTILS_WIDGETS.
+# Test stand-in for Databricks' dbutils: widgets from the JSON in $TEST_DBUTILS_WIDGETS; task values set are
+# appended as JSON lines ({"task", "key", "value"}) to $TEST_DBUTILS_TASK_VALUES.
 import json as _json, os as _os
 
 class InputWidgetNotDefined(Exception):
@@ -25,11 +28,26 @@ class _Widgets:
         if name not in self._values: raise InputWidgetNotDefined(f"No input widget named {name} is defined")
         return self._values[name]
 
+class _TaskValues:
+    def __init__(self, task_key): self._task_key = task_key
+    def set(self, key, value):
+        line = _json.dumps({"task": self._task_key, "key": key, "value": value})  # raises, as Databricks does, for a non-JSON value
+        with open(_os.environ["TEST_DBUTILS_TASK_VALUES"], "a") as f: f.write(line + "\\n")
+    def get(self, taskKey, key, default=None, debugValue=None):
+        with open(_os.environ["TEST_DBUTILS_TASK_VALUES"]) as f: rows = [_json.loads(l) for l in f if l.strip()]
+        found = [r["value"] for r in rows if (r["task"], r["key"]) == (taskKey, key)]
+        if found: return found[-1]
+        if default is not None: return default
+        raise ValueError(f"No task value with key {key} in task {taskKey}")
+
+class _Jobs:
+    def __init__(self, task_key): self.taskValues = _TaskValues(task_key)
+
 class _DBUtils:
-    def __init__(self, values): self.widgets = _Widgets(values)
+    def __init__(self, values): self.widgets, self.jobs = _Widgets(values), _Jobs(values.get("task_key"))
 
 dbutils = _DBUtils(_json.loads(_os.environ["TEST_DBUTILS_WIDGETS"]))
-del _DBUtils, _Widgets
+del _DBUtils, _Widgets, _Jobs, _TaskValues
 '''
 
 
@@ -55,7 +73,8 @@ def job_task(make_home):
         log = home.path/f"widgets-{step}.log"
         # The kernel inherits os.environ: a clean one (no MLOPS_NB_*, DBR_*, GIT_SHA... from the caller's shell).
         env = clean_environ(home.path, IPYTHONDIR=ipython_dir, JUPYTER_PATH=home.path/"jupyter",
-                            TEST_DBUTILS_WIDGETS=json.dumps(values), TEST_DBUTILS_LOG=log)
+                            TEST_DBUTILS_WIDGETS=json.dumps(values), TEST_DBUTILS_LOG=log,
+                            TEST_DBUTILS_TASK_VALUES=home.path/"task-values.jsonl")
         for k in [k for k in os.environ if k not in env]: mp.delenv(k)
         for k, v in env.items(): mp.setenv(k, v)
         out = home.path/"executed"/f"{step}.ipynb"
@@ -73,6 +92,13 @@ def trained(job_task):
     home, run, sha = job_task
     out, log = run("train", model_type="logreg")
     return home, out, log, sha
+
+
+def _task_values(home, task_key) -> dict:
+    "The task values the stand-in dbutils recorded for `task_key`, each one the last set."
+    f = home.path/"task-values.jsonl"
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()] if f.exists() else []
+    return {r["key"]: r["value"] for r in rows if r["task"] == task_key}
 
 
 def _run_of(home, task_key):
@@ -128,3 +154,14 @@ def test_evaluate_as_next_task(trained, job_task):
     assert str(c.get_model_version_by_alias(MODEL, "champion").version) == "1"
     tags = c.get_model_version(MODEL, "1").tags
     assert tags["candidate"] == "false" and tags["model_validation_status"] == "PASSED"
+    # its outputs are task values too, a boolean lower-case as a condition task compares it
+    tv = _task_values(home, "evaluate")
+    assert (tv["promoted"], tv["champion_version"]) == ("true", "1"), tv
+
+
+def test_outputs_are_task_values(trained):
+    "Each output of a step is a task value of its job task, the string its output tag holds (booleans lower-case)."
+    home, out, log, sha = trained
+    tv, tags = _task_values(home, "train"), _run_of(home, "train").data.tags
+    assert tv["model_name"] == MODEL and tv["model_version"] == "1", tv
+    assert tv == {k.removeprefix("output."): v for k, v in tags.items() if k.startswith("output.")}
