@@ -115,6 +115,8 @@ def add_deploy_commands(sub):
     r.add_argument("--git-sha", required=True, help="the commit the jobs run")
     r.add_argument("--git-ref", default="", help="the branch or tag (for the description)")
     r.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
+    r.add_argument("--pipeline-job-id", type=int, default=None, metavar="ID", help="the pipeline job's id in the workspace, which the "
+                   "monitoring job runs; default: left out, with a note on stderr (deploy always sets the real id)")
     d = command(sub, "deploy", "deploy:cmd_deploy", "move an env's workspace Git folder to a ref and create or reset its jobs", env=False)
     d.add_argument("--env", required=True, help=f"one of {', '.join(ENV_CHOICES)}")
     d.add_argument("--git-ref", default=None, help="branch or tag (refs/heads/..., refs/tags/... too); default: the current branch")

@@ -10,12 +10,12 @@ from datetime import timedelta
 from pathlib import Path
 from .core import DeploymentError
 from .config import EnvConfig
-from .job_templates import check_git_sha, deploy_config, render_jobs
+from .job_templates import awaits_job_id, check_git_sha, deploy_config, render_jobs
 from .workspace import call_api, workspace_client
 
 # %% auto #0
-__all__ = ['GitRef', 'resolve_git_ref', 'Action', 'find_repo', 'find_jobs', 'plan_deploy', 'apply_plan', 'run_job', 'deploy',
-           'cmd_deploy']
+__all__ = ['GitRef', 'resolve_git_ref', 'Action', 'find_repo', 'find_jobs', 'plan_deploy', 'apply_plan', 'apply_deploy',
+           'run_job', 'deploy', 'cmd_deploy']
 
 # %% ../nbs/15_deploy.ipynb #08c09313
 @dataclass
@@ -67,8 +67,9 @@ class Action:
         if self.verb == "mkdirs": return f"create workspace folder {self.target}"
         if self.verb == "create_repo": return f"create Git folder {self.target} from {a['url']} ({a['provider']})"
         if self.verb == "update_repo": return f"update Git folder {self.target}{_id(a.get('repo_id'))} to {a['kind']} {a['ref']} ({a['sha'][:12]})"
-        if self.verb == "create_job": return f"create job {self.target}"
-        if self.verb == "reset_job": return f"reset job {self.target}{_id(a['job_id'])}"
+        after = " after the pipeline job, with its id" if awaits_job_id(a.get("settings") or {}) else ""
+        if self.verb == "create_job": return f"create job {self.target}{after}"
+        if self.verb == "reset_job": return f"reset job {self.target}{_id(a['job_id'])}{after}"
         return f"{self.verb} {self.target}"
 
 def _id(i) -> str: return f" (id {i})" if i is not None else ""
@@ -94,14 +95,14 @@ def plan_deploy(w,              # a WorkspaceClient
                 ref:GitRef,     # the branch or tag to move the Git folder to
                 jobs:dict,      # {job name: settings}, from `render_jobs`
                ) -> list:
-    "The calls that deploy `ref` and `jobs` to `cfg`'s workspace, found by reading only."
+    "The calls that deploy `ref` and `jobs` to `cfg`'s workspace, found by reading only; jobs that await the pipeline job's id come last."
     path, acts = cfg.workspace_repo_path, []
     repo = find_repo(w, path)
     if repo is None:
         acts += [Action("mkdirs", path.rsplit("/", 1)[0]),
                  Action("create_repo", path, dict(url=cfg.git_url, provider=cfg.git_provider))]
     acts.append(Action("update_repo", path, dict(repo_id=repo.id if repo else None, kind=ref.kind, ref=ref.name, sha=ref.sha)))
-    for name, settings in jobs.items():
+    for name, settings in sorted(jobs.items(), key=lambda job: bool(awaits_job_id(job[1]))):
         ids = find_jobs(w, name)
         if len(ids) > 1: raise DeploymentError(f"{len(ids)} jobs are named {name!r} (ids {', '.join(map(str, ids))}): expected at most one; delete the extras")
         acts.append(Action("reset_job", name, dict(job_id=ids[0], settings=settings)) if ids else Action("create_job", name, dict(settings=settings)))
@@ -109,10 +110,10 @@ def plan_deploy(w,              # a WorkspaceClient
 
 # %% ../nbs/15_deploy.ipynb #17a388fc
 def _settings_kwargs(d:dict) -> dict:
-    "Job settings as the keyword arguments of `jobs.create`."
+    "Job settings as the keyword arguments of `jobs.create` (not the empty lists `from_dict` fills in: the body is `d`, as `jobs.reset` sends it)."
     from databricks.sdk.service.jobs import JobSettings
     s = JobSettings.from_dict(d)
-    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if getattr(s, f.name) is not None}
+    return {f.name: getattr(s, f.name) for f in dataclasses.fields(s) if getattr(s, f.name) not in (None, [])}
 
 def apply_plan(w, actions:list) -> dict:
     "Make the planned calls; return `{'repo_id': id, 'jobs': {name: id}}`."
@@ -133,6 +134,20 @@ def apply_plan(w, actions:list) -> dict:
             out["jobs"][a.target] = a.args["job_id"]
         else: raise DeploymentError(f"unknown action {a.verb}")
     return out
+
+# %% ../nbs/15_deploy.ipynb #4cef6437
+def apply_deploy(w, cfg:EnvConfig, ref:GitRef, actions:list, templates_dir=None) -> dict:
+    "`apply_plan` of `actions`, those of jobs that await the pipeline job's id last, rendered again with the id it got."
+    waits = lambda a: a.verb in ("create_job", "reset_job") and bool(awaits_job_id(a.args["settings"]))
+    done = apply_plan(w, [a for a in actions if not waits(a)])
+    later = [a for a in actions if waits(a)]
+    if later:
+        pid = done["jobs"].get(cfg.pipeline_job_name)
+        if pid is None: raise DeploymentError(f"job {later[0].target} runs job {cfg.pipeline_job_name} by its id, but no template renders "
+                                              "that job; add the pipeline job's template, or drop the run_job_task")
+        final = render_jobs(cfg, ref.sha, ref.name, templates_dir, pipeline_job_id=pid)
+        done["jobs"].update(apply_plan(w, [dataclasses.replace(a, args={**a.args, "settings": final[a.target]}) for a in later])["jobs"])
+    return done
 
 # %% ../nbs/15_deploy.ipynb #5f367926
 def run_job(w, job_id:int, name:str, timeout_minutes:float=120, out=print) -> dict:
@@ -187,7 +202,7 @@ def deploy(env:str,                # staging or prod (dev works too)
     "Move `env`'s workspace Git folder to a branch or tag and create or reset its jobs; return what was done."
     cfg = deploy_config(env)
     ref = _deploy_ref(git_ref, git_sha, rollback_to, repo_dir)
-    jobs = render_jobs(cfg, ref.sha, ref.name, templates_dir)
+    jobs = render_jobs(cfg, ref.sha, ref.name, templates_dir)   # without the pipeline job's id: apply_deploy renders again with it
     w = client if client is not None else workspace_client(profile, retry_timeout_seconds)
     actions = plan_deploy(w, cfg, ref, jobs)
     for a in actions: out(("would " if dry_run else "") + a.describe())
@@ -196,7 +211,7 @@ def deploy(env:str,                # staging or prod (dev works too)
     if dry_run:
         if run: out(f"would run job {cfg.pipeline_job_name} and wait for it")
         return summary
-    summary.update(apply_plan(w, actions))
+    summary.update(apply_deploy(w, cfg, ref, actions, templates_dir))
     if run: summary["run"] = run_job(w, summary["jobs"][cfg.pipeline_job_name], cfg.pipeline_job_name, run_timeout_minutes, out)
     return summary
 

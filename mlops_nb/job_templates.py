@@ -4,7 +4,7 @@
 
 # %% ../nbs/14a_job_templates.ipynb #12b6dd62
 from __future__ import annotations
-import json, re
+import json, re, sys
 from importlib.resources import files
 from pathlib import Path
 import jinja2
@@ -12,8 +12,8 @@ from .core import ConfigError, DeploymentError
 from .config import ENVS, EnvConfig, load_config
 
 # %% auto #0
-__all__ = ['templates_root', 'template_names', 'jinja_env', 'check_git_sha', 'job_context', 'check_job_settings', 'render_job',
-           'render_jobs', 'deploy_config', 'cmd_render_jobs']
+__all__ = ['templates_root', 'template_names', 'jinja_env', 'check_git_sha', 'check_job_id', 'job_context', 'check_job_settings',
+           'render_job', 'render_jobs', 'awaits_job_id', 'deploy_config', 'cmd_render_jobs']
 
 # %% ../nbs/14a_job_templates.ipynb #646c7d94
 def templates_root(templates_dir=None, # a folder of *.json.j2 templates; default: the package's own
@@ -56,16 +56,25 @@ def check_git_sha(sha:str) -> str:
         raise DeploymentError(f"git sha: expected 7 to 40 hex digits (a commit id such as 3fa2c1d), found {sha!r}; pass --git-sha $(git rev-parse HEAD)")
     return sha
 
+def check_job_id(job_id, name:str):
+    "`job_id` when it is None or a positive integer (a Jobs API job id), else a clear error about job `name`."
+    if job_id is None or (isinstance(job_id, int) and not isinstance(job_id, bool) and job_id > 0): return job_id
+    raise DeploymentError(f"pipeline job id: expected the positive integer id of job {name} in the workspace, found {job_id!r}; "
+                          "pass --pipeline-job-id N, or leave it out (deploy sets the real id)")
+
 def job_context(cfg:EnvConfig, # the env's settings
                 git_sha:str,   # the commit the env's Git folder is on
                 git_ref:str="", # the branch or tag; default: the sha
+                pipeline_job_id:int=None, # the pipeline job's id in the workspace; None: not known (yet)
                ) -> dict:
     "The variables the job templates see."
     return dict(env=cfg.env, git_sha=check_git_sha(git_sha), git_ref=git_ref or git_sha, repo_path=cfg.workspace_repo_path,
                 cluster=dict(spark_version=cfg.spark_version, node_type_id=cfg.node_type_id, num_workers=cfg.num_workers),
                 pypi_libraries=list(cfg.pypi_libraries), pipeline_job_name=cfg.pipeline_job_name,
-                scoring_job_name=cfg.scoring_job_name, pipeline_cron=cfg.pipeline_cron, scoring_cron=cfg.scoring_cron,
-                timezone=cfg.timezone, schedule_paused=bool(cfg.schedule_paused))
+                scoring_job_name=cfg.scoring_job_name, monitoring_job_name=cfg.monitoring_job_name,
+                pipeline_cron=cfg.pipeline_cron, scoring_cron=cfg.scoring_cron, monitor_cron=cfg.monitor_cron,
+                timezone=cfg.timezone, schedule_paused=bool(cfg.schedule_paused),
+                pipeline_job_id=check_job_id(pipeline_job_id, cfg.pipeline_job_name))
 
 # %% ../nbs/14a_job_templates.ipynb #4a5fac86
 def _diff_paths(a, b, path="") -> list:
@@ -109,9 +118,11 @@ def render_job(name:str,     # template file name, e.g. pipeline_job.json.j2
     return check_job_settings(d, f"template {name}")
 
 # %% ../nbs/14a_job_templates.ipynb #da646bf2
-def render_jobs(cfg:EnvConfig, git_sha:str, git_ref:str="", templates_dir=None) -> dict:
+def render_jobs(cfg:EnvConfig, git_sha:str, git_ref:str="", templates_dir=None,
+                pipeline_job_id:int=None, # the pipeline job's id, for the monitoring job; None: left out
+               ) -> dict:
     "Every job template rendered for `cfg`, as `{job name: settings}`."
-    ctx = job_context(cfg, git_sha, git_ref)
+    ctx = job_context(cfg, git_sha, git_ref, pipeline_job_id)
     jobs = {}
     for name in template_names(templates_dir):
         d = render_job(name, ctx, templates_dir)
@@ -119,6 +130,10 @@ def render_jobs(cfg:EnvConfig, git_sha:str, git_ref:str="", templates_dir=None) 
         if d["name"] in jobs: raise DeploymentError(f"two templates render the job name {d['name']!r}; give each job its own name")
         jobs[d["name"]] = d
     return jobs
+
+def awaits_job_id(settings:dict) -> list:
+    "The keys of the tasks of `settings` that run a job not yet named by its id (`run_job_task` without `job_id`)."
+    return [t["task_key"] for t in settings.get("tasks", []) if "run_job_task" in t and t["run_job_task"].get("job_id") is None]
 
 # %% ../nbs/14a_job_templates.ipynb #f1258b8b
 def deploy_config(env:str) -> EnvConfig:
@@ -128,7 +143,12 @@ def deploy_config(env:str) -> EnvConfig:
     except ConfigError as e: raise DeploymentError(str(e)) from e
 
 def cmd_render_jobs(a) -> int:
-    "Print the rendered job settings of an env as JSON."
+    "Print the rendered job settings of an env as JSON; a note on stderr names each task left waiting for the pipeline job's id."
     cfg = deploy_config(a.env)
-    print(json.dumps(render_jobs(cfg, a.git_sha, a.git_ref or "", a.templates), indent=2))
+    jobs = render_jobs(cfg, a.git_sha, a.git_ref or "", a.templates, a.pipeline_job_id)
+    print(json.dumps(jobs, indent=2))
+    for name, d in jobs.items():
+        if awaits_job_id(d):
+            print(f"note: job {name}, task {', '.join(awaits_job_id(d))}, runs job {cfg.pipeline_job_name} by its id, which only the workspace "
+                  "knows: rendered without run_job_task.job_id; pass --pipeline-job-id N to fill it in (deploy sets the real id)", file=sys.stderr)
     return 0

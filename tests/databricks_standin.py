@@ -4,6 +4,10 @@
 #   /api/2.0/repos                            list (path_prefix), get, create, update (branch or tag)
 #   /api/2.0/workspace/mkdirs                 create a folder (idempotent)
 #   /api/2.1/jobs/... and /api/2.2/jobs/...   list (name filter), get, create, reset, run-now, runs/get
+# Job settings are stored and returned as sent (job parameters, condition_task and run_job_task included). Like the
+# Jobs API, create and reset refuse tasks that depend on a task the job lacks, an `outcome` on a dependency that is not
+# a condition task (or one other than "true"/"false"), a condition task without op, left and right, and a
+# run_job_task whose job_id is missing or names no job of the workspace.
 # Faults can be injected per method and path (e.g. a 403, a 404, or one 429 and then success). Tests may seed Git folders
 # and jobs directly (add_repo, add_job) and empty the workspace again (reset).
 from __future__ import annotations
@@ -226,13 +230,32 @@ class DatabricksStandin:
 
     def _jobs_get(self, q): return self._job_view(self._job(q.get("job_id")))
 
+    def _check_tasks(self, settings):
+        "An ApiError (400) for tasks the Jobs API refuses: see the module's comment."
+        tasks = {t.get("task_key"): t for t in settings.get("tasks", [])}
+        for key, t in tasks.items():
+            for dep in t.get("depends_on", []):
+                up = tasks.get(dep.get("task_key"))
+                if up is None: raise ApiError(400, f"Task {key} depends on {dep.get('task_key')}, which is not a task of the job")
+                if "outcome" in dep and ("condition_task" not in up or dep["outcome"] not in ("true", "false")):
+                    raise ApiError(400, f"Task {key}: an outcome ('true' or 'false') can only be given for a dependency on a condition task")
+            c = t.get("condition_task")
+            if c is not None and not (c.get("op") and "left" in c and "right" in c):
+                raise ApiError(400, f"Task {key}: condition_task requires op, left and right")
+            r = t.get("run_job_task")
+            if r is not None:
+                if r.get("job_id") is None: raise ApiError(400, f"Task {key}: Missing required field: run_job_task.job_id")
+                if int(r["job_id"]) not in self.jobs: raise ApiError(400, f"Task {key}: Job {r['job_id']} does not exist.")
+
     def _jobs_create(self, b):
+        self._check_tasks(b)
         jid = next(self._ids)
         self.jobs[jid] = dict(job_id=jid, created_time=int(time.time() * 1000), settings=b)
         return {"job_id": jid}
 
     def _jobs_reset(self, b):
         if "new_settings" not in b: raise ApiError(400, "Missing required field: new_settings")
+        self._check_tasks(b["new_settings"])
         self._job(b.get("job_id"))["settings"] = b["new_settings"]
         return {}
 

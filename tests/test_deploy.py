@@ -65,12 +65,12 @@ def deploy(capsys, *args) -> tuple:
 def test_rendered_jobs_are_job_settings(env_name):
     ref = 'release/"quoted" \\ {{job.id}}\nx'
     jobs = render_jobs(load_config(env_name), "0123abcd", ref)
-    assert list(jobs) == [f"mlops-nb-{env_name}-pipeline", f"mlops-nb-{env_name}-scoring"]
+    assert list(jobs) == [f"mlops-nb-{env_name}-monitoring", f"mlops-nb-{env_name}-pipeline", f"mlops-nb-{env_name}-scoring"]
     for d in jobs.values():
         assert JobSettings.from_dict(d).as_dict() == d
         assert d["max_concurrent_runs"] == 1 and ref in d["description"]
         assert d["job_clusters"][0]["new_cluster"]["spark_env_vars"]["GIT_SHA"] == "0123abcd"
-        for t in d["tasks"]:
+        for t in (t for t in d["tasks"] if "notebook_task" in t):
             p = t["notebook_task"]["base_parameters"]
             assert (p["job_id"], p["run_id"], p["git_sha"], p["env"], p["task_key"]) == ("{{job.id}}", "{{job.run_id}}", "0123abcd", env_name, t["task_key"])
             assert t["notebook_task"]["notebook_path"] == f"/Repos/{env_name}/mlops-nb/nbs/pipelines/{t['task_key']}"
@@ -78,12 +78,13 @@ def test_rendered_jobs_are_job_settings(env_name):
             assert all("whl" not in lib and "pyspark" not in json.dumps(lib) for lib in t.get("libraries", []))
     assert [t["task_key"] for t in jobs[f"mlops-nb-{env_name}-pipeline"]["tasks"]] == ["train", "evaluate", "score"]
     assert [t["task_key"] for t in jobs[f"mlops-nb-{env_name}-scoring"]["tasks"]] == ["score"]
+    assert [t["task_key"] for t in jobs[f"mlops-nb-{env_name}-monitoring"]["tasks"]] == ["monitor", "retrain_needed", "retrain"]
 
 
 def test_templates_are_package_data():
     "The templates load through importlib.resources and settings.ini's package_data ships each of them."
     names = sorted(p.name for p in templates_root().iterdir() if p.name.endswith(".json.j2"))
-    assert template_names() == ["pipeline_job.json.j2", "scoring_job.json.j2"] and "_common.json.j2" in names
+    assert template_names() == ["monitoring_job.json.j2", "pipeline_job.json.j2", "scoring_job.json.j2"] and "_common.json.j2" in names
     pattern = re.search(r"(?m)^package_data\s*=\s*(.+)$", (ROOT / "settings.ini").read_text())[1].split()
     shipped = {p.name for pat in pattern for p in (ROOT / "mlops_nb").glob(pat)}
     assert set(names) <= shipped
@@ -92,8 +93,17 @@ def test_templates_are_package_data():
 def test_render_jobs_cli(capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("MLOPS_NB_HOME", str(tmp_path))
     assert main(["render-jobs", "--env", "staging", "--git-sha", "0123abcd", "--git-ref", 'a"b']) == 0
-    jobs = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    jobs = json.loads(out.out)
     assert jobs["mlops-nb-staging-pipeline"]["tags"]["git_sha"] == "0123abcd"
+    # without a workspace the pipeline job's id is unknown: left out of the monitoring job, with one note saying so
+    assert "job_id" not in jobs["mlops-nb-staging-monitoring"]["tasks"][2]["run_job_task"]
+    assert len(out.err.strip().splitlines()) == 1 and "--pipeline-job-id N" in out.err and "run_job_task.job_id" in out.err
+    assert main(["render-jobs", "--env", "staging", "--git-sha", "0123abcd", "--pipeline-job-id", "4242"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["mlops-nb-staging-monitoring"]["tasks"][2]["run_job_task"]["job_id"] == 4242 and out.err == ""
+    assert main(["render-jobs", "--env", "staging", "--git-sha", "0123abcd", "--pipeline-job-id", "0"]) == 1
+    assert "expected the positive integer id of job mlops-nb-staging-pipeline" in capsys.readouterr().err
     assert main(["render-jobs", "--env", "staging", "--git-sha", 'x"y']) == 1
     assert "expected 7 to 40 hex digits" in capsys.readouterr().err
 
@@ -108,7 +118,7 @@ def test_first_deploy_creates_second_resets(env, capsys, repo):
     assert "create Git folder /Repos/staging/mlops-nb" in err and "create job mlops-nb-staging-pipeline" in err
     [r] = s.repos.values()
     assert (r["path"], r["branch"], r["head_commit_id"]) == ("/Repos/staging/mlops-nb", "main", git(repo, "rev-parse", "main"))
-    assert sorted(j["settings"]["name"] for j in s.jobs.values()) == ["mlops-nb-staging-pipeline", "mlops-nb-staging-scoring"]
+    assert sorted(j["settings"]["name"] for j in s.jobs.values()) == ["mlops-nb-staging-monitoring", "mlops-nb-staging-pipeline", "mlops-nb-staging-scoring"]
     # a new commit on main, deployed again: the jobs are reset (same ids), nothing is duplicated
     (repo / "g.txt").write_text("2"); git(repo, "add", "g.txt"); git(repo, "commit", "-q", "-m", "c2")
     s.refs["main"] = git(repo, "rev-parse", "main")
@@ -116,12 +126,80 @@ def test_first_deploy_creates_second_resets(env, capsys, repo):
     assert rc == 0, err
     second = json.loads(out)
     assert second["jobs"] == first["jobs"] and second["repo_id"] == first["repo_id"]
-    assert len(s.jobs) == 2 and len(s.repos) == 1
-    assert [c[1].rsplit("/", 1)[1] for c in s.mutating_calls()].count("create") == 2
-    assert [c[1].rsplit("/", 1)[1] for c in s.mutating_calls()].count("reset") == 2
+    assert len(s.jobs) == 3 and len(s.repos) == 1
+    assert [c[1].rsplit("/", 1)[1] for c in s.mutating_calls()].count("create") == 3
+    assert [c[1].rsplit("/", 1)[1] for c in s.mutating_calls()].count("reset") == 3
     pipeline = s.jobs[first["jobs"]["mlops-nb-staging-pipeline"]]["settings"]
     assert pipeline["job_clusters"][0]["new_cluster"]["spark_env_vars"]["GIT_SHA"] == s.refs["main"]
     assert r["head_commit_id"] == s.refs["main"]
+
+
+def _jobs_by_name(s) -> dict:
+    return {j["settings"]["name"]: j for j in s.jobs.values()}
+
+
+def test_deploy_creates_the_monitoring_job_with_the_pipeline_jobs_id(env, capsys, repo):
+    "The monitoring job: monitor, a condition on its task value, and a run of the pipeline job by its real id."
+    s = env
+    rc, out, err = deploy(capsys, "--env", "staging", "--git-ref", "main", "--json")
+    assert rc == 0, err
+    first, jobs = json.loads(out), _jobs_by_name(s)
+    assert sorted(jobs) == ["mlops-nb-staging-monitoring", "mlops-nb-staging-pipeline", "mlops-nb-staging-scoring"]
+    assert first["jobs"] == {n: j["job_id"] for n, j in jobs.items()}
+    pipeline, monitoring = jobs["mlops-nb-staging-pipeline"], jobs["mlops-nb-staging-monitoring"]["settings"]
+    # the pipeline job's parameters, which reach its notebook tasks as widgets
+    assert pipeline["settings"]["parameters"] == [{"name": "trigger", "default": "schedule"}, {"name": "alert_id", "default": ""},
+                                                  {"name": "monitor_job_run_id", "default": ""}]
+    monitor, cond, retrain = monitoring["tasks"]
+    assert monitor["task_key"] == "monitor" and monitor["notebook_task"]["notebook_path"] == "/Repos/staging/mlops-nb/nbs/pipelines/monitor"
+    assert monitor["notebook_task"]["base_parameters"]["task_key"] == "monitor" and monitor["job_cluster_key"] == "mlops_nb"
+    assert cond == {"task_key": "retrain_needed", "depends_on": [{"task_key": "monitor"}],
+                    "condition_task": {"op": "EQUAL_TO", "left": "{{tasks.monitor.values.retrain}}", "right": "true"}}
+    assert retrain == {"task_key": "retrain", "depends_on": [{"task_key": "retrain_needed", "outcome": "true"}],
+                       "run_job_task": {"job_id": pipeline["job_id"],
+                                        "job_parameters": {"trigger": "monitor", "alert_id": "{{tasks.monitor.values.alert_id}}",
+                                                           "monitor_job_run_id": "{{job.run_id}}"}}}
+    assert monitoring["schedule"] == {"quartz_cron_expression": "0 0 7 * * ?", "timezone_id": "UTC", "pause_status": "PAUSED"}
+    assert monitoring["max_concurrent_runs"] == 1 and monitoring["tags"]["git_sha"] == git(repo, "rev-parse", "main")
+    # the pipeline job was created before the job that runs it, and what was sent is what JobSettings keeps
+    creates = [c[3]["name"] for c in s.mutating_calls() if c[1].endswith("/jobs/create")]
+    assert creates.index("mlops-nb-staging-pipeline") < creates.index("mlops-nb-staging-monitoring")
+    assert JobSettings.from_dict(monitoring).as_dict() == monitoring
+    # deployed again at the same commit: the same three jobs, reset to the same settings
+    before = {n: j["settings"] for n, j in jobs.items()}
+    s.calls.clear()
+    rc, out, err = deploy(capsys, "--env", "staging", "--git-ref", "main", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["jobs"] == first["jobs"] and len(s.jobs) == 3
+    assert {n: j["settings"] for n, j in _jobs_by_name(s).items()} == before
+    assert sorted(c[1].rsplit("/", 1)[1] for c in s.mutating_calls() if "/jobs/" in c[1]) == ["reset"] * 3
+
+
+def test_monitoring_job_runs_an_existing_pipeline_job(env, capsys):
+    "A pipeline job already in the workspace (say, from an earlier release) keeps its id, and the monitoring job runs that id."
+    s = env
+    old = s.add_job({"name": "mlops-nb-prod-pipeline"}, job_id=555)
+    rc, out, err = deploy(capsys, "--env", "prod", "--git-ref", "main")
+    assert rc == 0, err
+    assert "reset job mlops-nb-prod-pipeline (id 555)" in out and "create job mlops-nb-prod-monitoring after the pipeline job" in out
+    monitoring = _jobs_by_name(s)["mlops-nb-prod-monitoring"]["settings"]
+    assert monitoring["tasks"][2]["run_job_task"]["job_id"] == old and monitoring["schedule"]["pause_status"] == "UNPAUSED"
+    assert len(s.jobs) == 3
+
+
+def test_the_standin_refuses_what_the_jobs_api_refuses(env):
+    "A run_job_task must name an existing job (so the pipeline job comes first), an outcome only a condition task."
+    from mlops_nb.workspace import call_api, workspace_client
+    from databricks.sdk.service.jobs import JobSettings
+    w = workspace_client(retry_timeout_seconds=5)
+    run = {"name": "m", "tasks": [{"task_key": "r", "run_job_task": {"job_id": 424242}}]}
+    with pytest.raises(Exception, match="Job 424242 does not exist"):
+        call_api("creating job m", w.jobs.create, **{k: v for k, v in vars(JobSettings.from_dict(run)).items() if v not in (None, [])})
+    bad = {"name": "n", "tasks": [{"task_key": "a", "notebook_task": {"notebook_path": "/x"}},
+                                  {"task_key": "b", "depends_on": [{"task_key": "a", "outcome": "true"}], "notebook_task": {"notebook_path": "/y"}}]}
+    with pytest.raises(Exception, match="only be given for a dependency on a condition task"):
+        call_api("creating job n", w.jobs.create, **{k: v for k, v in vars(JobSettings.from_dict(bad)).items() if v not in (None, [])})
+    assert env.jobs == {}
 
 
 def test_deploy_tag_then_rollback(env, capsys, repo):
@@ -137,8 +215,8 @@ def test_deploy_tag_then_rollback(env, capsys, repo):
     assert (r["_tag"], r["head_commit_id"]) == ("v1.0.0", old)
     for j in s.jobs.values():
         assert j["settings"]["tags"]["git_sha"] == old
-        assert all(t["notebook_task"]["base_parameters"]["git_sha"] == old for t in j["settings"]["tasks"])
-    assert "reset job mlops-nb-prod-pipeline" in out and len(s.jobs) == 2
+        assert all(t["notebook_task"]["base_parameters"]["git_sha"] == old for t in j["settings"]["tasks"] if "notebook_task" in t)
+    assert "reset job mlops-nb-prod-pipeline" in out and len(s.jobs) == 3
 
 
 def test_dry_run_changes_nothing(env, capsys):
@@ -146,6 +224,7 @@ def test_dry_run_changes_nothing(env, capsys):
     assert rc == 0, err
     assert "would create Git folder /Repos/staging/mlops-nb" in out and "would create job mlops-nb-staging-scoring" in out
     assert "would update Git folder /Repos/staging/mlops-nb to branch release/1.1" in out
+    assert out.splitlines()[-2] == "would create job mlops-nb-staging-monitoring after the pipeline job, with its id"
     assert env.calls and env.mutating_calls() == [] and env.repos == {} and env.jobs == {}
 
 
@@ -191,8 +270,8 @@ def test_429_then_success_is_retried(env, capsys):
     t = time.time()
     rc, out, err = deploy(capsys, "--env", "staging", "--json")
     assert rc == 0, err
-    assert f.times == 0 and len(env.jobs) == 2
-    assert [c[1] for c in env.calls].count("/api/2.2/jobs/create") == 3  # one refused, then both jobs
+    assert f.times == 0 and len(env.jobs) == 3
+    assert [c[1] for c in env.calls].count("/api/2.2/jobs/create") == 4  # one refused, then the three jobs
     assert time.time() - t < 10
 
 
