@@ -145,7 +145,7 @@ class EnvConfig(_RunSettings, _DerivedNames):
     pipeline_cron: str = "0 0 5 ? * MON"      # quartz cron of the pipeline job (train, evaluate, score)
     scoring_cron: str = "0 0 6 * * ?"         # quartz cron of the scoring-only job
     monitor_cron: str = "0 0 7 * * ?"         # quartz cron of the monitoring job
-    timezone: str = "UTC"                     # time zone of both schedules
+    timezone: str = "UTC"                     # time zone of the jobs' schedules
     schedule_paused: bool = True              # schedules start paused (prod: unpaused)
 
 # %% ../nbs/01_config.ipynb #23271f72
