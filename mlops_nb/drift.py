@@ -12,7 +12,7 @@ from .profiles import check_profile, numeric_values, profile_frame, profile_on
 __all__ = ['PSI_EPSILON', 'SMALL_SAMPLE_ROWS', 'P_VALUE_BOUND', 'WASSERSTEIN_BOUND', 'PSI_BOUND', 'JS_DISTANCE_BOUND',
            'NOISE_TAIL', 'WASSERSTEIN_NOISE', 'ks_binned', 'wasserstein_binned', 'psi_deciles', 'categorical_distances',
            'numeric_drift', 'column_drift', 'drift_statistics', 'exact_drift_statistics', 'drift_bounds',
-           'drift_verdict', 'is_drifted']
+           'drift_verdict', 'is_drifted', 'verdict_text', 'verdict_line']
 
 # %% ../nbs/06d_drift.ipynb #5eb7497f
 PSI_EPSILON = 1e-4  # the share an empty decile counts as in the PSI
@@ -177,3 +177,13 @@ def drift_verdict(stats:dict, n_base:int=None, n_cur:int=None, n_tests:int=1) ->
 def is_drifted(stats:dict, n_base:int=None, n_cur:int=None, n_tests:int=1) -> bool:
     "Whether a column's drift statistics (one entry of `drift_statistics`) flag drift by the default rule."
     return bool(drift_verdict(stats, n_base, n_cur, n_tests)["drifted"])
+
+# %% ../nbs/06d_drift.ipynb #990f16d7
+def verdict_text(verdict:dict) -> str:
+    "A verdict of `drift_verdict` in words: the statistic that decided, its value and its bound."
+    if verdict.get("statistic") is None: return "no rows to compare"
+    return f"{verdict['statistic']} {verdict['value']:.3g} (bound {verdict['bound']:.3g})"
+
+def verdict_line(column:str, verdict:dict, version=None) -> str:
+    "A column's verdict as a line of a summary: `x3: population_stability_index 0.41 (bound 0.2), v2` (`version`: the model's)."
+    return f"{column}: {verdict_text(verdict)}" + ("" if version is None else f", v{version}")
