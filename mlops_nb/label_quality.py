@@ -77,5 +77,5 @@ def refresh_quality(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
     v = write_table(pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA), prof_t,
                     metadata={"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": predictions_version})
     res = QualityRefresh(len(rows), sum(r["labeled_rows"] for r in rows), v)
-    res.note = f"quality of {res.windows} window(s) written again with the labels arrived since: {res.labeled} labelled rows"
+    res.note = f"quality of {res.windows} window(s) written again (labels or rows arrived since): {res.labeled} labelled rows"
     return res

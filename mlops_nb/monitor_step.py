@@ -10,9 +10,10 @@ from .context import RunContext
 from .monitoring import MonitorResult, monitor_predictions
 from .alerts import AlertsResult, raise_alerts
 from .label_quality import QualityRefresh, refresh_quality
+from .core import DataError
 
 # %% auto #0
-__all__ = ['MonitorStep', 'run_monitor']
+__all__ = ['MonitorStep', 'log_monitor_figures', 'run_monitor']
 
 # %% ../nbs/09f_monitor_step.ipynb #dc469417
 @dataclass
@@ -21,13 +22,15 @@ class MonitorStep:
     monitor: MonitorResult
     quality: QualityRefresh = field(default_factory=QualityRefresh)
     alerts: AlertsResult = field(default_factory=AlertsResult)
+    figures: list = field(default_factory=list)   # the figures logged to the run (monitoring/<name>.png)
 
     @property
     def retrain(self) -> bool: return bool(self.alerts.retrain_alerts)
 
     def summary(self) -> str:
         "What a person reads after the step: what was read, the quality per version, the alerts."
-        lines = [self.monitor.note]
+        from mlops_nb.monitoring_plots import top_drifted
+        lines = [self.monitor.note] + [f"  drifted: {l}" for l in (top_drifted(self.monitor.drift_rows) if self.monitor.drift_rows else [])]
         for version, q in self.monitor.quality.items():
             lines.append(f"version {version}: {q['labeled_rows']} labelled rows" + (f", AUC {q['auc']:.4f}" if q.get("auc") is not None else "")
                          + (f"; estimated AUC {q['estimated_auc']:.4f} (from its own probabilities)" if q.get("estimated_auc") is not None else ""))
@@ -37,6 +40,56 @@ class MonitorStep:
         if self.retrain: lines.append(f"retraining requested by alert {self.alerts.retrain_alerts[0]}")
         return "\n".join(lines)
 
+# %% ../nbs/09f_monitor_step.ipynb #d566c274
+def _rule_rows(rule, drift, prof):
+    "The table rows (the `:all` slice) a rule's metric is drawn from, or None when it has no single series to draw."
+    from mlops_nb.label_quality import latest_quality
+    if rule.kind == "quality": return latest_quality(prof) if len(prof) else None
+    if rule.kind == "share" or rule.metric == "drift" or drift.empty: return None
+    d = drift[(drift.slice_key == ":all") & (drift.drift_type == rule.drift_type)]
+    if rule.column != "*": return d[d.column_name == rule.column]
+    from mlops_nb.monitoring_plots import metric_values
+    last = d[d.window_start == d.window_start.max()]
+    top = last.assign(_v=metric_values(last, rule.metric).values).sort_values("_v", ascending=rule.direction == "below").column_name.unique()[:4]
+    return d[d.column_name.isin(top)]   # every column would be a tangle: the four furthest from the bound
+
+def _distributions(m) -> list:
+    "(name, figure) of the baseline against the current rows of each model version's latest window."
+    from mlops_nb.monitoring_plots import distribution_figure, drift_verdicts
+    v, out = drift_verdicts(m.drift_rows), []
+    for (start, name, version), cur in m.profiles.items():
+        if start != max(k[0] for k in m.profiles if k[2] == version): continue
+        mine = v[(v.model_version == str(version)) & (v.column_name != "probability")]
+        cols = ["probability"] + mine.column_name.tolist()[:3]
+        rows = [r for r in m.drift_rows if str(r["model_version"]) == str(version) and r["window_start"] == start]
+        base = next(b for k, b in m.baselines.items() if k[0] == name and str(k[1]) == str(version))
+        out.append((f"distributions_v{version}", distribution_figure(base, cur, [c for c in cols if c in cur["columns"]], drift=rows)))
+    return out
+
+# %% ../nbs/09f_monitor_step.ipynb #31cc758c
+def log_monitor_figures(step, cfg:EnvConfig) -> list:
+    "Log the monitor run's figures to the active MLflow run; the names logged."
+    import mlflow
+    from mlops_nb.alert_rules import parse_rules
+    from mlops_nb.lakehouse import read_table, table_exists
+    from mlops_nb.monitoring_plots import drift_by_column_figure
+    figs, m = [], step.monitor
+    if m.drift_rows: figs += [("drift_by_column", drift_by_column_figure(m.drift_rows))] + _distributions(m)
+    drift_t, prof_t = cfg.qualify(cfg.drift_metrics_table), cfg.qualify(cfg.profile_metrics_table)
+    if table_exists(drift_t) and table_exists(prof_t):
+        drift, prof = read_table(drift_t).data, read_table(prof_t).data
+        from mlops_nb.label_quality import latest_quality
+        from mlops_nb.monitoring_plots import metric_over_windows_figure
+        if len(q := latest_quality(prof)): figs.append(("estimated_auc", metric_over_windows_figure(q, "estimated_auc")))
+        for rule in parse_rules(cfg.alert_rules):
+            rows = _rule_rows(rule, drift, prof)
+            if rows is None or rows.empty: continue
+            try: figs.append((f"rule_{rule.name}", metric_over_windows_figure(rows, rule.metric, rule.bound, rule.direction)))
+            except DataError: continue   # no value yet (an AUC before any label)
+    for name, fig in figs: mlflow.log_figure(fig, f"monitoring/{name}.png")
+    return [n for n, _ in figs]
+
+# %% ../nbs/09f_monitor_step.ipynb #2a7837dc
 def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorStep:
     "The monitor step: monitor the new predictions and raise alerts in the step's MLflow run, and record what it found as the step's outputs."
     import mlflow
@@ -50,6 +103,7 @@ def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> Mo
     read = step.monitor.version if step.monitor.version is not None else (int(done[0]["predictions_version"]) if done else None)
     step.quality = refresh_quality(ctx, cfg, run.info.run_id, step.monitor.predictions_table, read)   # late labels, before the rules
     step.alerts = raise_alerts(ctx, cfg, run.info.run_id)
+    step.figures = log_monitor_figures(step, cfg)
     a = step.alerts
     mlflow.log_metrics({"monitored_rows": step.monitor.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised),
                         "quality_windows_refreshed": step.quality.windows})

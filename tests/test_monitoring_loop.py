@@ -73,6 +73,8 @@ def test_alerts_are_recorded_and_posted(loop):
     body = next(b for _, b in got if b["rule"] == "score_psi")
     assert body["env"] == "dev" and body["model_version"] == psi.model_version and body["text"].startswith("warning: score_psi:")
     assert (alerts.webhook == "delivered (HTTP 204)").all()
+    arts = {a.path for a in home.client().list_artifacts(step["mlflow_run_id"], "monitoring")}
+    assert {"monitoring/drift_by_column.png", "monitoring/rule_score_psi.png"} <= arts and any("distributions_v" in a for a in arts), arts
 
 
 def test_the_webhook_url_is_never_written(loop):
@@ -122,7 +124,7 @@ def test_late_labels_are_joined_by_a_later_monitor_run(loop):
     home.write_table(labels.assign(labeled_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)), "dev.mlops_nb.labels")
     r = home.cli("monitor", "--json", env={"MLOPS_NB_CONFIG": home.path/"rules.toml"})
     assert r.returncode == 0, str(r)
-    assert "written again with the labels arrived since" in r.json()["steps"][0]["outputs"]["note"], r.json()["steps"][0]["outputs"]
+    assert "written again (labels or rows arrived since)" in r.json()["steps"][0]["outputs"]["note"], r.json()["steps"][0]["outputs"]
     prof = home.read_table("dev.mlops_nb.predictions_profile_metrics").data
     q = prof[(prof.column_name == ":table") & (prof.slice_key == ":all")].sort_values("monitored_at")
     latest = q.drop_duplicates(["window_start", "model_name", "model_version"], keep="last")
