@@ -112,21 +112,22 @@ def post_json(url:str, payload:dict, timeout:float=5.0, retries:int=2, pause:flo
 
 # %% ../nbs/09d_alerts.ipynb #d439764e
 _TS, _F, _S = pa.timestamp("us", tz="UTC"), pa.float64(), pa.string()
-ALERTS_SCHEMA = pa.schema([("alert_id", _S), ("raised_at", _TS), ("rule", _S), ("metric", _S), ("statistic", _S), ("column_name", _S),
+ALERTS_SCHEMA = pa.schema([("alert_id", _S), ("raised_at", _TS), ("monitored_table", _S), ("rule", _S), ("metric", _S), ("statistic", _S), ("column_name", _S),
                            ("value", _F), ("bound", _F), ("direction", _S), ("breaches", _S), ("window_start", _TS), ("window_end", _TS),
                            ("granularity", _S), ("model_name", _S), ("model_version", _S), ("rows", pa.int64()), ("severity", _S),
                            ("action", _S), ("action_status", _S), ("webhook", _S), ("job_run_id", _S), ("git_sha", _S), ("mlflow_run_id", _S)])
 
-def alert_id(rule:str, p) -> str:
-    "The id of the alert `rule` raises at point `p`: the same for the same rule, column, version, window and job run."
-    key = "|".join(str(x) for x in (rule, p["column_name"], p["model_name"], p["model_version"], p["window_start"], p["job_run_id"]))
+def alert_id(rule:str, p, table:str="") -> str:
+    "The id of the alert `rule` raises at point `p` of monitored `table`: the same for the same rule, table, column, version, window and job run."
+    key = "|".join(str(x) for x in (rule, table, p["column_name"], p["model_name"], p["model_version"], p["window_start"], p["job_run_id"]))
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 def alert_text(a:dict) -> str:
     "One line a person reads: severity, rule, what broke which bound, where."
     col = "" if a["column_name"].startswith(":") else f" of {a['column_name']}"
     return (f"{a['severity']}: {a['rule']}: {a['statistic']}{col} {a['value']:.4g} {'>' if a['direction'] == 'above' else '<'} "
-            f"{a['bound']:.4g} ({a['breaches']}), v{a['model_version']}, window {pd.Timestamp(a['window_start']):%Y-%m-%d %H:%M}; {a['action']}")
+            f"{a['bound']:.4g} ({a['breaches']}), v{a['model_version']}, {a.get('monitored_table', '').rsplit('.', 1)[-1] or 'window'} "
+            f"{pd.Timestamp(a['window_start']):%Y-%m-%d %H:%M}; {a['action']}")
 
 # %% ../nbs/09d_alerts.ipynb #89b8bf5a
 @dataclass
@@ -141,15 +142,15 @@ class AlertsResult:
     @property
     def undelivered(self) -> list: return [a["alert_id"] for a in self.raised if a["webhook"].startswith("failed")]
 
-def _fired(ctx, cfg, rules, drift, prof, known) -> list:
-    "The alert rows the rules raise on this job run's windows, less those already `known`."
+def _fired(ctx, cfg, rules, drift, prof, known, table:str) -> list:
+    "The alert rows the rules raise on this job run's windows of monitored `table`, less those already `known`."
     out = []
     for rule in rules:
         pts = rule_points(rule, drift, prof)
         for _, series in (pts.groupby(["column_name", "model_name", "model_version"]) if len(pts) else []):
             for _, p in fired_points(rule, series).iterrows():
-                if p.job_run_id != ctx.run_id or (aid := alert_id(rule.name, p)) in known: continue
-                out.append({"alert_id": aid, "rule": rule.name, "metric": rule.metric, "statistic": p.statistic, "column_name": p.column_name,
+                if p.job_run_id != ctx.run_id or (aid := alert_id(rule.name, p, table)) in known: continue
+                out.append({"alert_id": aid, "monitored_table": table, "rule": rule.name, "metric": rule.metric, "statistic": p.statistic, "column_name": p.column_name,
                             "value": float(p.value), "bound": float(p.bound), "direction": p.direction, "breaches": p.breaches,
                             "window_start": p.window_start, "window_end": p.window_end, "granularity": cfg.monitor_granularity,
                             "model_name": p.model_name, "model_version": str(p.model_version), "rows": int(p["rows"]),
@@ -157,13 +158,16 @@ def _fired(ctx, cfg, rules, drift, prof, known) -> list:
     return out
 
 # %% ../nbs/09d_alerts.ipynb #f32a3907
-def raise_alerts(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str) -> AlertsResult:
+def raise_alerts(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
+                 sources:list=None, # (monitored table, its profile table, its drift table); default: the predictions'
+                ) -> AlertsResult:
     "Raise the alerts the env's rules find on the windows this job run monitored; tell the webhook; append them in one commit."
-    rules = parse_rules(cfg.alert_rules)
-    drift_t, prof_t, alerts_t = (cfg.qualify(t) for t in (cfg.drift_metrics_table, cfg.profile_metrics_table, cfg.alerts_table))
-    if not (table_exists(drift_t) and table_exists(prof_t)): return AlertsResult(note="no monitoring rows yet: no alert")
+    rules, alerts_t = parse_rules(cfg.alert_rules), cfg.qualify(cfg.alerts_table)
+    sources = sources or [tuple(cfg.qualify(t) for t in (cfg.predictions_table, cfg.profile_metrics_table, cfg.drift_metrics_table))]
+    sources = [s for s in sources if table_exists(s[1]) and table_exists(s[2])]
+    if not sources: return AlertsResult(note="no monitoring rows yet: no alert")
     known = set(read_table(alerts_t, columns=["alert_id"]).data.alert_id) if table_exists(alerts_t) else set()
-    new = _fired(ctx, cfg, rules, read_table(drift_t).data, read_table(prof_t).data, known)
+    new = [a for table, prof_t, drift_t in sources for a in _fired(ctx, cfg, rules, read_table(drift_t).data, read_table(prof_t).data, known, table)]
     if not new: return AlertsResult(note=f"no alert ({len(rules)} rule(s))")
     url, now = webhook_url(cfg), pd.Timestamp.now(tz="UTC")
     for a in new:

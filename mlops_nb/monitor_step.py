@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from .config import EnvConfig
 from .context import RunContext
-from .monitoring import MonitorResult, monitor_predictions
+from .monitoring import MonitorResult, monitor_inference_log, monitor_predictions
 from .alerts import AlertsResult, raise_alerts
 from .label_quality import QualityRefresh, refresh_quality
 from .core import DataError
@@ -19,7 +19,8 @@ __all__ = ['MonitorStep', 'log_monitor_figures', 'run_monitor']
 @dataclass
 class MonitorStep:
     "What the monitor step did: the tables it wrote and the alerts it raised."
-    monitor: MonitorResult
+    monitor: MonitorResult                        # the predictions (batch scoring)
+    online: MonitorResult = None                  # the inference log (online answers)
     quality: QualityRefresh = field(default_factory=QualityRefresh)
     alerts: AlertsResult = field(default_factory=AlertsResult)
     figures: list = field(default_factory=list)   # the figures logged to the run (monitoring/<name>.png)
@@ -34,6 +35,7 @@ class MonitorStep:
         for version, q in self.monitor.quality.items():
             lines.append(f"version {version}: {q['labeled_rows']} labelled rows" + (f", AUC {q['auc']:.4f}" if q.get("auc") is not None else "")
                          + (f"; estimated AUC {q['estimated_auc']:.4f} (from its own probabilities)" if q.get("estimated_auc") is not None else ""))
+        if self.online is not None and self.online.rows: lines.append(f"online: {self.online.note}")
         if self.quality.windows: lines.append(self.quality.note)
         from mlops_nb.alerts import alert_text
         lines += [f"alert {a['alert_id']}: {alert_text(a)} ({a['action_status']}; webhook: {a['webhook']})" for a in self.alerts.raised] or [self.alerts.note or "no alert"]
@@ -75,6 +77,7 @@ def log_monitor_figures(step, cfg:EnvConfig) -> list:
     from mlops_nb.monitoring_plots import drift_by_column_figure
     figs, m = [], step.monitor
     if m.drift_rows: figs += [("drift_by_column", drift_by_column_figure(m.drift_rows))] + _distributions(m)
+    if step.online is not None and step.online.drift_rows: figs.append(("online_drift_by_column", drift_by_column_figure(step.online.drift_rows)))
     drift_t, prof_t = cfg.qualify(cfg.drift_metrics_table), cfg.qualify(cfg.profile_metrics_table)
     if table_exists(drift_t) and table_exists(prof_t):
         drift, prof = read_table(drift_t).data, read_table(prof_t).data
@@ -102,13 +105,15 @@ def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> Mo
     step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table))
     read = step.monitor.version if step.monitor.version is not None else (int(done[0]["predictions_version"]) if done else None)
     step.quality = refresh_quality(ctx, cfg, run.info.run_id, step.monitor.predictions_table, read)   # late labels, before the rules
-    step.alerts = raise_alerts(ctx, cfg, run.info.run_id)
+    step.online = monitor_inference_log(ctx, cfg, run.info.run_id)
+    step.alerts = raise_alerts(ctx, cfg, run.info.run_id, [(r.predictions_table, r.profile_table, r.drift_table) for r in (step.monitor, step.online)])
     step.figures = log_monitor_figures(step, cfg)
     a = step.alerts
-    mlflow.log_metrics({"monitored_rows": step.monitor.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised),
+    mlflow.log_metrics({"monitored_rows": step.monitor.rows, "monitored_online_rows": step.online.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised),
                         "quality_windows_refreshed": step.quality.windows})
-    note = "; ".join([step.monitor.note] + ([step.quality.note] if step.quality.windows else []) + [a.note])
-    set_step_outputs(summary=note, note=note, rows=step.monitor.rows,
+    note = "; ".join([step.monitor.note] + ([f"online: {step.online.note}"] if step.online.rows else [])
+                     + ([step.quality.note] if step.quality.windows else []) + [a.note])
+    set_step_outputs(summary=note, note=note, rows=step.monitor.rows, online_rows=step.online.rows,
                      drifted=len(step.monitor.drifted), alerts=len(a.raised), retrain="true" if step.retrain else "false",
                      alert_id=(a.retrain_alerts or [""])[0], undelivered=len(a.undelivered))
     finish_step_run()

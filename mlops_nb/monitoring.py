@@ -9,35 +9,18 @@ import numpy as np, pandas as pd, pyarrow as pa
 from .core import DataError
 from .config import EnvConfig
 from .context import RunContext
-from .lakehouse import read_table, write_table, table_exists, table_path, history
-from .profiles import profile_on, profile_from_json
+from .lakehouse import read_table, write_table, table_exists, history
+from .profiles import profile_on, profile_from_json, merge_profiles
 from .drift import drift_statistics, drift_verdict
 from .plots import expected_calibration_error
 from .training import BASELINE_PROFILE
+from .monitor_sources import (BATCH_ROWS, new_files, file_batches, added_rows, with_features, arrived_labels,
+                                      log_rows, LOG_COLUMNS)
 
 # %% auto #0
-__all__ = ['PROFILE_SCHEMA', 'DRIFT_SCHEMA', 'added_rows', 'window_bounds', 'load_baseline', 'quality_metrics', 'estimated_auc',
-           'profile_rows', 'drift_rows', 'with_features', 'arrived_labels', 'MonitorResult', 'monitor_windows',
-           'monitor_commits', 'monitor_predictions']
-
-# %% ../nbs/09b_monitoring.ipynb #a2af3ae8
-def added_rows(name:str, after:int|None) -> tuple:
-    "The rows appended to the local Delta table `name` after version `after` (None: all of them) and the version read."
-    import pyarrow.parquet as pq
-    from deltalake import DeltaTable
-    dt = DeltaTable(str(table_path(name)))
-    now = dt.version()
-    if after is None: return dt.to_pandas(), now
-    if after > now:
-        raise DataError(f"{name} is at version {now}, but monitoring already read it up to version {after}: the table was "
-                        f"re-created; drop its rows from the monitoring tables or monitor another table")
-    old, files = set(DeltaTable(str(table_path(name)), version=after).file_uris()), dt.file_uris()
-    if old - set(files):
-        raise DataError(f"{name} rewrote data files between versions {after} and {now} (an overwrite, OPTIMIZE or DELETE): "
-                        "monitoring reads appended rows only; monitor from a fresh table")
-    new = [f for f in files if f not in old]
-    if not new: return pa.schema(dt.schema().to_arrow()).empty_table().to_pandas(), now
-    return pa.concat_tables([pq.read_table(f) for f in new]).to_pandas(), now
+__all__ = ['PROFILE_SCHEMA', 'DRIFT_SCHEMA', 'window_bounds', 'load_baseline', 'quality_metrics', 'estimated_auc', 'profile_rows',
+           'drift_rows', 'MonitorResult', 'WindowProfiles', 'monitor_windows', 'monitor_commits', 'monitor_predictions',
+           'monitor_inference_log']
 
 # %% ../nbs/09b_monitoring.ipynb #ed6d4d55
 _STEP = {"hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1), "week": pd.Timedelta(days=7)}
@@ -126,27 +109,12 @@ DRIFT_SCHEMA = pa.schema(_KEY + [("drift_type", _S), ("count", _I), ("base_count
                                  ("js_distance", _F), ("tv_distance", _F), ("l_infinity_distance", _F), ("drifted", pa.bool_()),
                                  ("drift_statistic", _S), ("drift_value", _F), ("drift_bound", _F)] + _LINEAGE)
 
-def with_features(preds:pd.DataFrame, keys:list) -> pd.DataFrame:
-    "The predictions joined by `keys` with the rows they scored: each input table at the version recorded beside it."
-    parts = []
-    for (table, version), rows in preds.groupby(["input_table", "input_version"], sort=True):
-        scored = read_table(table, int(version)).data
-        parts.append(rows.merge(scored[[c for c in scored.columns if c in keys or c not in rows.columns]], on=keys, how="left"))
-    return pd.concat(parts, ignore_index=True)
-
-def arrived_labels(cfg:EnvConfig, now) -> pd.DataFrame|None:
-    "The labels that have arrived by `now` (the last one per key), or None when the env has no labels table."
-    name = cfg.qualify(cfg.labels_table)
-    if not table_exists(name): return None
-    lab = read_table(name).data
-    lab = lab[pd.to_datetime(lab.labeled_at, utc=True) <= now].sort_values("labeled_at")
-    return lab.drop_duplicates(cfg.keys, keep="last")[cfg.keys + [cfg.label]]
 
 # %% ../nbs/09b_monitoring.ipynb #5ab7b265
 @dataclass
 class MonitorResult:
     "What one monitor run read and wrote."
-    predictions_table: str
+    predictions_table: str           # the table monitored: the predictions table or the inference log
     after_version: int|None = None   # rows added after this version were read (None: the whole table)
     version: int|None = None         # ... up to this one
     rows: int = 0
@@ -160,69 +128,164 @@ class MonitorResult:
     drift_rows: list = field(default_factory=list)
     profiles: dict = field(default_factory=dict)      # {(window_start, model_name, model_version): the window's whole profile}
     baselines: dict = field(default_factory=dict)     # {(model_name, model_version): its baseline profile}
+    batches: int = 0                                  # batches read (each at most about BATCH_ROWS rows)
+    profile_table: str = ""                           # the two tables written
+    drift_table: str = ""
 
-def monitor_windows(cfg:EnvConfig, frame:pd.DataFrame, baselines:dict, labels, meta:dict) -> tuple:
-    "The profile and drift rows of every window, model version and slice of `frame` (features, probability, scored_at), and each window's whole profile."
-    frame = frame.assign(**dict(zip(("window_start", "window_end"), window_bounds(frame.scored_at, cfg.monitor_granularity))))
-    if labels is not None: frame = frame.merge(labels.rename(columns={cfg.label: "_label"}), on=cfg.keys, how="left")
-    prof, drift, prev, whole = [], [], {}, {}
-    for (start, end, name, version), rows in frame.groupby(["window_start", "window_end", "model_name", "model_version"], sort=True):
-        base = baselines[(name, version)]
-        for key, value, part in _slices(rows, cfg.slice_columns):
+# %% ../nbs/09b_monitoring.ipynb #9b9b30fb
+class WindowProfiles:
+    "Each (window, model version, slice)'s profile, merged batch by batch, and the probabilities and labels (int8, -1: none yet) its quality needs."
+    def __init__(self, cfg:EnvConfig, baselines): self.cfg, self.baselines, self.profiles, self.scores = cfg, baselines, {}, {}
+
+    def add(self, frame:pd.DataFrame):
+        "Profile `frame` (features, probability, scored_at, model; `_label` where one arrived) into its windows, on each version's baseline (it gains their bounds)."
+        cfg = self.cfg
+        frame["window_start"], frame["window_end"] = window_bounds(frame.scored_at, cfg.monitor_granularity)   # in place: no copy of the batch
+        for (start, end, name, version), rows in frame.groupby(["window_start", "window_end", "model_name", "model_version"], sort=True):
+            base = self.baselines[(name, version)]
+            for key, value, part in _slices(rows, cfg.slice_columns):
+                k, cur = (start, end, name, version, key, value), profile_on(base, part, score="probability")
+                self.profiles[k] = merge_profiles(self.profiles[k], cur) if k in self.profiles else cur
+                y = part["_label"].to_numpy(np.float64, na_value=np.nan) if "_label" in part else np.full(len(part), np.nan)
+                self.scores.setdefault(k, []).append((part.probability.to_numpy(np.float64), np.where(np.isnan(y), -1, y).astype(np.int8)))
+
+    def rows(self, meta:dict) -> tuple:
+        "The profile and drift rows of every window, version and slice (in time order: CONSECUTIVE is against the previous window), and each window's whole profile."
+        cfg, prof, drift, prev, whole = self.cfg, [], [], {}, {}
+        order = lambda k: (*k[:4], -1 if k[4] == ":all" else cfg.slice_columns.index(k[4]), k[5])
+        for k in sorted(self.profiles, key=order):
+            (start, end, name, version, key, value), cur, base = k, self.profiles[k], self.baselines[(k[2], k[3])]
+            p, y = (np.concatenate(a) for a in zip(*self.scores.pop(k)))
+            known = y >= 0
+            q = quality_metrics(y[known], p[known], cfg.decision_threshold) if known.any() else {"labeled_rows": 0}
             m = {**meta, "window_start": start, "window_end": end, "granularity": cfg.monitor_granularity,
                  "model_name": name, "model_version": str(version), "slice_key": key, "slice_value": value}
-            cur = profile_on(base, part, score="probability")
             if key == ":all": whole[(start, name, str(version))] = cur
-            known = part[part["_label"].notna()] if "_label" in part else part.iloc[:0]
-            q = quality_metrics(known["_label"], known.probability, cfg.decision_threshold) if len(known) else {"labeled_rows": 0}
-            prof += profile_rows(cur, m, {**q, "estimated_auc": estimated_auc(part.probability)})
+            prof += profile_rows(cur, m, {**q, "estimated_auc": estimated_auc(p)})
             drift += drift_rows(base, cur, base, m, "BASELINE")
             if (name, version, key, value) in prev: drift += drift_rows(prev[(name, version, key, value)], cur, base, m, "CONSECUTIVE")
             prev[(name, version, key, value)] = cur
-    return prof, drift, whole
+        return prof, drift, whole
+
+
+# %% ../nbs/09b_monitoring.ipynb #8d209687
+def monitor_windows(cfg:EnvConfig, frame:pd.DataFrame, baselines:dict, labels, meta:dict) -> tuple:
+    "The profile and drift rows of every window, model version and slice of one `frame` (features, probability, scored_at), and each window's whole profile."
+    if labels is not None: frame = frame.merge(labels.rename(columns={cfg.label: "_label"}), on=cfg.keys, how="left")
+    w = WindowProfiles(cfg, baselines)
+    w.add(frame if labels is not None else frame.copy())
+    return w.rows(meta)
+
+# %% ../nbs/09b_monitoring.ipynb #9c572fdd
+_PRED_SKIP = ("prediction_id", "prediction", "model_run_id", "git_sha", "job_run_id")  # lineage of a prediction the monitor does not read
+
+class _Baselines(dict):
+    "{(model name, version): its baseline profile}, each loaded from MLflow when first asked for."
+    def __init__(self, cfg): super().__init__(); self.cfg, self.client = cfg, None
+    def __missing__(self, k):
+        from mlops_nb.mlflow_store import configure_mlflow
+        self.client = self.client or configure_mlflow(self.cfg)
+        self[k] = load_baseline(self.client, *k)
+        return self[k]
+
+def _wanted(cfg, baselines, pairs) -> list:
+    "The columns the monitor reads: keys, slice columns and every baseline column of the model versions `pairs` (the score too)."
+    cols = [*cfg.keys, *cfg.slice_columns, "probability"]
+    for k in pairs: cols += list(baselines[k]["columns"])
+    return list(dict.fromkeys(cols))
+
+def _with_labels(cfg, frame:pd.DataFrame, now) -> pd.DataFrame:
+    "`frame` with `_label`, the label arrived by `now` for its keys (none when it lacks a key column or the env has no labels)."
+    if any(k not in frame or frame[k].isna().all() for k in cfg.keys): return frame
+    lab = arrived_labels(cfg, now, pa.Table.from_pandas(frame[cfg.keys], preserve_index=False))
+    if lab is not None:   # a column added in place: a merge would copy the whole batch
+        at = pd.MultiIndex.from_frame(frame[cfg.keys]) if len(cfg.keys) > 1 else pd.Index(frame[cfg.keys[0]])
+        frame["_label"] = lab.set_index(cfg.keys)[cfg.label].reindex(at).to_numpy()
+    return frame
+
+
+# %% ../nbs/09b_monitoring.ipynb #7367672b
+def _prediction_frames(cfg, files, schema, baselines, now, batch_rows):
+    "The new predictions, batch by batch, joined to the rows they scored and to the labels that have arrived."
+    inputs = {}
+    for t in file_batches(files, schema, [c for c in schema.names if c not in _PRED_SKIP], batch_rows):
+        pairs = t.select(["model_name", "model_version"]).group_by(["model_name", "model_version"]).aggregate([]).to_pylist()
+        yield _with_labels(cfg, with_features(t, cfg.keys, _wanted(cfg, baselines, [tuple(r.values()) for r in pairs]), inputs), now)
+
+def _log_frames(cfg, files, schema, baselines, now, batch_rows):
+    "The inference log's new successful requests, batch by batch, as rows (each input record with its probability), with the labels that have arrived."
+    for t in file_batches(files, schema, LOG_COLUMNS, batch_rows):
+        frame = log_rows(t)
+        if frame.empty: continue
+        want = _wanted(cfg, baselines, frame[["model_name", "model_version"]].drop_duplicates().itertuples(index=False, name=None))
+        yield _with_labels(cfg, frame.assign(**{c: None for c in want if c not in frame}), now)
 
 # %% ../nbs/09b_monitoring.ipynb #1a0d184f
 def monitor_commits(name:str) -> list:
     "The commits monitor runs made to table `name`, newest first: their metadata names the job run and the predictions version read."
     return [h for h in history(name) if h.get("writer") == "mlops-nb monitor"] if table_exists(name) else []
 
-def _monitor_rows(ctx, cfg, res, preds, run_id, prof_t, drift_t, client):
-    "Compute and write the rows of `preds` (the new predictions); fill in `res`."
-    baselines = {k: load_baseline(client, *k) for k in preds[["model_name", "model_version"]].drop_duplicates().itertuples(index=False)}
-    now = pd.Timestamp.now(tz="UTC")
-    meta = {"predictions_version": res.version, "job_run_id": ctx.run_id, "git_sha": ctx.git_sha, "mlflow_run_id": run_id, "monitored_at": now}
-    prof, drift, res.profiles = monitor_windows(cfg, with_features(preds, cfg.keys), baselines, arrived_labels(cfg, now), meta)
-    res.baselines, res.profile_rows, res.drift_rows = baselines, prof, drift
+def _write_rows(ctx, res, prof, drift):
+    "Append the drift rows, then the profile rows (last: they record the read), each in one commit; fill in `res`."
     commit = {"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": res.version}
-    if not any(h["job_run_id"] == ctx.run_id for h in monitor_commits(drift_t)):   # not written by a crashed try of this job run
-        res.drift_version = write_table(pa.Table.from_pylist(drift, schema=DRIFT_SCHEMA), drift_t, metadata=commit)
-    res.profile_version = write_table(pa.Table.from_pylist(prof, schema=PROFILE_SCHEMA), prof_t, metadata=commit)  # last: it records the read
+    if not any(h["job_run_id"] == ctx.run_id for h in monitor_commits(res.drift_table)):   # not written by a crashed try of this job run
+        res.drift_version = write_table(pa.Table.from_pylist(drift, schema=DRIFT_SCHEMA), res.drift_table, metadata=commit)
+    res.profile_version = write_table(pa.Table.from_pylist(prof, schema=PROFILE_SCHEMA), res.profile_table, metadata=commit)
     whole = [r for r in drift if r["slice_key"] == ":all" and r["drift_type"] == "BASELINE" and r["drifted"]]
     res.drifted = sorted({f"{r['column_name']} (v{r['model_version']}, {r['drift_statistic']})" for r in whole})
     res.windows = len({(r["window_start"], r["model_version"]) for r in prof})
     res.quality = {r["model_version"]: {k: r.get(k) for k in ("labeled_rows", "auc", "estimated_auc")} for r in prof
                    if r["column_name"] == ":table" and r["slice_key"] == ":all"}
     read = f"up to version {res.version}" if res.after_version is None else f"versions {res.after_version + 1} to {res.version}"
-    res.note = (f"{res.rows} predictions of {res.predictions_table} ({read}) in {res.windows} window(s); "
+    res.note = (f"{res.rows} predictions of {res.predictions_table} ({read}, {res.batches} batch(es)) in {res.windows} window(s); "
                 f"drift: {', '.join(res.drifted) or 'none'}")
+
+
+# %% ../nbs/09b_monitoring.ipynb #ff809f50
+def _monitor_table(ctx, cfg, res:MonitorResult, frames, run_id:str, batch_rows:int|None, baselines=None) -> MonitorResult:
+    "Monitor what `res.predictions_table` gained since the last monitor run of its tables, read by `frames` (a source's batches)."
+    done = monitor_commits(res.profile_table)   # the state is in the commits' metadata: no row is read to find it
+    res.after_version = int(done[0]["predictions_version"]) if done else None
+    if any(h["job_run_id"] == ctx.run_id for h in done):   # a re-run of this job run (a repair): it counts nothing twice
+        res.note = f"job run {ctx.run_id} already monitored {res.predictions_table}; nothing written"
+        return res
+    files, res.version, schema = new_files(res.predictions_table, res.after_version)
+    now, baselines = pd.Timestamp.now(tz="UTC"), _Baselines(cfg) if baselines is None else baselines
+    acc = WindowProfiles(cfg, baselines)
+    for frame in frames(cfg, files, schema, baselines, now, batch_rows or BATCH_ROWS):
+        acc.add(frame); res.rows += len(frame); res.batches += 1
+    if not res.rows:
+        res.note = f"no predictions in {res.predictions_table} after version {res.after_version}; nothing written"
+        return res
+    meta = {"predictions_version": res.version, "job_run_id": ctx.run_id, "git_sha": ctx.git_sha, "mlflow_run_id": run_id, "monitored_at": now}
+    res.profile_rows, res.drift_rows, res.profiles = acc.rows(meta)
+    res.baselines = dict(baselines)
+    _write_rows(ctx, res, res.profile_rows, res.drift_rows)
+    return res
 
 # %% ../nbs/09b_monitoring.ipynb #54f24183
 def monitor_predictions(ctx:RunContext, cfg:EnvConfig,
                         mlflow_run_id:str,           # the monitor step's MLflow run, recorded on every row
                         predictions_table:str=None,  # default: the env's
+                        batch_rows:int=None,         # rows read at once (default BATCH_ROWS)
+                        baselines:dict=None,         # {(model name, version): baseline profile}; default: each version's train run's
                        ) -> MonitorResult:
     "Profile, compare and judge the predictions added since the last monitor run; append both tables in one commit each."
-    from mlops_nb.mlflow_store import configure_mlflow
     table = cfg.qualify(predictions_table or cfg.predictions_table)
-    prof_t, drift_t = cfg.qualify(cfg.profile_metrics_table), cfg.qualify(cfg.drift_metrics_table)
     if not table_exists(table): raise DataError(f"{table} does not exist: nothing was scored in env {cfg.env}; run the score step first")
-    done = monitor_commits(prof_t)   # the state is in the commits' metadata: no row is read to find it
-    res = MonitorResult(table, int(done[0]["predictions_version"]) if done else None)
-    if any(h["job_run_id"] == ctx.run_id for h in done):   # a re-run of this job run (a repair): it counts nothing twice
-        res.note = f"job run {ctx.run_id} already monitored {table}; nothing written"
+    res = MonitorResult(table, profile_table=cfg.qualify(cfg.profile_metrics_table), drift_table=cfg.qualify(cfg.drift_metrics_table))
+    return _monitor_table(ctx, cfg, res, _prediction_frames, mlflow_run_id, batch_rows, baselines)
+
+def monitor_inference_log(ctx:RunContext, cfg:EnvConfig,
+                          mlflow_run_id:str,     # the monitor step's MLflow run, recorded on every row
+                          log_table:str=None,    # default: the env's inference log
+                          batch_rows:int=None,   # log rows read at once (default BATCH_ROWS)
+                          baselines:dict=None,   # as for monitor_predictions
+                         ) -> MonitorResult:
+    "Monitor the online requests the inference log gained since the last monitor run, into `<log>_profile_metrics` and `<log>_drift_metrics`; skipped when there is no log."
+    table = cfg.qualify(log_table or cfg.inference_log_table)
+    res = MonitorResult(table, profile_table=f"{table}_profile_metrics", drift_table=f"{table}_drift_metrics")
+    if not table_exists(table):
+        res.note = f"no inference log {table}: nothing was served online in env {cfg.env}; skipped"
         return res
-    preds, res.version = added_rows(table, res.after_version)
-    res.rows = len(preds)
-    if preds.empty: res.note = f"no predictions in {table} after version {res.after_version}; nothing written"
-    else: _monitor_rows(ctx, cfg, res, preds, mlflow_run_id, prof_t, drift_t, configure_mlflow(cfg))
-    return res
+    return _monitor_table(ctx, cfg, res, _log_frames, mlflow_run_id, batch_rows, baselines)
