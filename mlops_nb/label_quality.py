@@ -4,15 +4,15 @@
 
 # %% ../nbs/09e_label_quality.ipynb #45717b7a
 from __future__ import annotations
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import pandas as pd, pyarrow as pa
 from .config import EnvConfig, on_databricks
 from .context import RunContext
-from .lakehouse import open_delta, read_table, read_spark_table, write_table, table_exists
+from .lakehouse import open_delta, read_table, read_spark_table, table_exists
 from .monitoring import PROFILE_SCHEMA, arrived_labels, estimated_auc, quality_metrics, window_bounds
 
 # %% auto #0
-__all__ = ['window_predictions', 'latest_quality', 'QualityRefresh', 'refresh_quality']
+__all__ = ['window_predictions', 'latest_quality', 'QualityRefresh', 'late_quality']
 
 # %% ../nbs/09e_label_quality.ipynb #25ee0fda
 def window_predictions(cfg:EnvConfig, table:str, version:int, since) -> pd.DataFrame:
@@ -35,11 +35,14 @@ def latest_quality(prof:pd.DataFrame) -> pd.DataFrame:
 # %% ../nbs/09e_label_quality.ipynb #10f339c9
 @dataclass
 class QualityRefresh:
-    "What a quality refresh wrote."
-    windows: int = 0          # (window, version) pairs written again
-    labeled: int = 0          # labelled rows they hold now
-    version: int|None = None  # the profile table's version written (None: nothing)
+    "The `:table` rows of the earlier windows whose labels or rows grew."
+    rows: list = field(default_factory=list)   # for the profile table, in the monitor run's commit
     note: str = ""
+
+    @property
+    def windows(self) -> int: return len(self.rows)
+    @property
+    def labeled(self) -> int: return sum(r["labeled_rows"] for r in self.rows)
 
 def _window_quality(cfg, g:pd.DataFrame, meta:dict) -> dict:
     "The `:table` row of one window's predictions `g` (with `_label` where a label arrived)."
@@ -49,17 +52,20 @@ def _window_quality(cfg, g:pd.DataFrame, meta:dict) -> dict:
             "estimated_auc": estimated_auc(g.probability)}
 
 # %% ../nbs/09e_label_quality.ipynb #54089015
-def refresh_quality(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
-                    predictions_table:str,   # the monitored table
-                    predictions_version:int, # the version this monitor run read up to
-                    now=None) -> QualityRefresh:
-    "Write again the quality of the windows within the label horizon whose labels or rows grew since their latest row."
+def late_quality(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
+                 predictions_table:str,   # the monitored table
+                 predictions_version:int, # the version this monitor run read up to
+                 current_rows:list=(),    # the profile rows this run is about to write (their windows' latest rows)
+                 now=None) -> QualityRefresh:
+    "The quality, again, of the windows within the label horizon whose labels or rows grew since their latest row."
     now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
     prof_t = cfg.qualify(cfg.profile_metrics_table)
-    if predictions_version is None or not table_exists(prof_t): return QualityRefresh(note="no window to refresh")
+    written = read_table(prof_t).data if table_exists(prof_t) else pd.DataFrame()
+    prof = pd.concat([written, pd.DataFrame(list(current_rows))], ignore_index=True)
+    if predictions_version is None or prof.empty: return QualityRefresh(note="no window to refresh")
     labels = arrived_labels(cfg, now)
     if labels is None: return QualityRefresh(note=f"no labels table {cfg.qualify(cfg.labels_table)}: quality skipped")
-    rec = latest_quality(read_table(prof_t).data)
+    rec = latest_quality(prof)
     rec = rec[pd.to_datetime(rec.window_end, utc=True) > now - pd.Timedelta(hours=cfg.label_horizon_hours)]
     if rec.empty: return QualityRefresh(note=f"no window within the label horizon ({cfg.label_horizon_hours:g} h)")
     preds = window_predictions(cfg, predictions_table, predictions_version, rec.window_start.min())
@@ -74,8 +80,6 @@ def refresh_quality(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
         if r is None or (len(g) == r.count and int(g["_label"].notna().sum()) == (0 if pd.isna(r.labeled_rows) else int(r.labeled_rows))): continue
         rows.append(_window_quality(cfg, g, {**meta, "window_start": s, "window_end": e, "model_name": name, "model_version": str(version)}))
     if not rows: return QualityRefresh(note="no window got new labels")
-    v = write_table(pa.Table.from_pylist(rows, schema=PROFILE_SCHEMA), prof_t,
-                    metadata={"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": predictions_version})
-    res = QualityRefresh(len(rows), sum(r["labeled_rows"] for r in rows), v)
+    res = QualityRefresh(rows)
     res.note = f"quality of {res.windows} window(s) written again (labels or rows arrived since): {res.labeled} labelled rows"
     return res

@@ -9,7 +9,7 @@ from .config import EnvConfig
 from .context import RunContext
 from .monitoring import MonitorResult, monitor_inference_log, monitor_predictions
 from .alerts import AlertsResult, raise_alerts
-from .label_quality import QualityRefresh, refresh_quality
+from .label_quality import QualityRefresh, late_quality
 from .core import DataError
 
 # %% auto #0
@@ -94,17 +94,20 @@ def log_monitor_figures(step, cfg:EnvConfig) -> list:
 
 # %% ../nbs/09f_monitor_step.ipynb #2a7837dc
 def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorStep:
-    "The monitor step: monitor the new predictions and raise alerts in the step's MLflow run, and record what it found as the step's outputs."
+    "The monitor step: monitor the new predictions (and late labels) and the inference log, raise alerts, log the figures in the step's MLflow run, and record what it found as the step's outputs."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.monitoring import monitor_commits
-    done = monitor_commits(cfg.qualify(cfg.profile_metrics_table))
+    done = monitor_commits(cfg.qualify(cfg.profile_metrics_table))   # for the run's parameters only
     run = start_step_run(ctx, cfg, {"predictions_table": cfg.qualify(predictions_table or cfg.predictions_table),
                                     "granularity": cfg.monitor_granularity,
                                     "after_version": done[0]["predictions_version"] if done else "none"})
-    step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table))
-    read = step.monitor.version if step.monitor.version is not None else (int(done[0]["predictions_version"]) if done else None)
-    step.quality = refresh_quality(ctx, cfg, run.info.run_id, step.monitor.predictions_table, read)   # late labels, before the rules
+    late = []   # the labels that arrived since for earlier windows: their rows join this run's one commit
+    def late_rows(res, current):
+        late.append(late_quality(ctx, cfg, run.info.run_id, res.predictions_table, res.version, current))
+        return late[-1].rows
+    step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table, late_rows=late_rows))
+    step.quality = late[-1] if late else QualityRefresh()
     step.online = monitor_inference_log(ctx, cfg, run.info.run_id)
     step.alerts = raise_alerts(ctx, cfg, run.info.run_id, [(r.predictions_table, r.profile_table, r.drift_table) for r in (step.monitor, step.online)])
     step.figures = log_monitor_figures(step, cfg)

@@ -242,7 +242,7 @@ def _write_rows(ctx, res, prof, drift):
 
 
 # %% ../nbs/09b_monitoring.ipynb #ff809f50
-def _monitor_table(ctx, cfg, res:MonitorResult, frames, run_id:str, batch_rows:int|None, baselines=None) -> MonitorResult:
+def _monitor_table(ctx, cfg, res:MonitorResult, frames, run_id:str, batch_rows:int|None, baselines=None, late_rows=None) -> MonitorResult:
     "Monitor what `res.predictions_table` gained since the last monitor run of its tables, read by `frames` (a source's batches)."
     done = monitor_commits(res.profile_table)   # the state is in the commits' metadata: no row is read to find it
     res.after_version = int(done[0]["predictions_version"]) if done else None
@@ -255,11 +255,17 @@ def _monitor_table(ctx, cfg, res:MonitorResult, frames, run_id:str, batch_rows:i
     for frame in frames(cfg, files, schema, baselines, now, batch_rows or BATCH_ROWS):
         acc.add(frame); res.rows += len(frame); res.batches += 1
     if not res.rows:
-        res.note = f"no predictions in {res.predictions_table} after version {res.after_version}; nothing written"
+        res.note = f"no predictions in {res.predictions_table} after version {res.after_version}"
+        res.late_rows = late_rows(res, []) if late_rows else []
+        if res.late_rows:   # labels arrived for earlier windows: this run's one commit holds their rows alone
+            res.profile_version = write_table(pa.Table.from_pylist(res.late_rows, schema=PROFILE_SCHEMA), res.profile_table,
+                                              metadata={"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": res.version})
+        else: res.note += "; nothing written"
         return res
     meta = {"predictions_version": res.version, "job_run_id": ctx.run_id, "git_sha": ctx.git_sha, "mlflow_run_id": run_id, "monitored_at": now}
     res.profile_rows, res.drift_rows, res.profiles = acc.rows(meta)
     res.baselines = dict(baselines)
+    res.late_rows = late_rows(res, res.profile_rows) if late_rows else []
     _write_rows(ctx, res, res.profile_rows, res.drift_rows)
     return res
 
@@ -269,12 +275,13 @@ def monitor_predictions(ctx:RunContext, cfg:EnvConfig,
                         predictions_table:str=None,  # default: the env's
                         batch_rows:int=None,         # rows read at once (default BATCH_ROWS)
                         baselines:dict=None,         # {(model name, version): baseline profile}; default: each version's train run's
+                        late_rows=None,              # late_rows(res, this run's profile rows) -> `:table` rows of earlier windows, same commit
                        ) -> MonitorResult:
     "Profile, compare and judge the predictions added since the last monitor run; append both tables in one commit each."
     table = cfg.qualify(predictions_table or cfg.predictions_table)
     if not table_exists(table): raise DataError(f"{table} does not exist: nothing was scored in env {cfg.env}; run the score step first")
     res = MonitorResult(table, profile_table=cfg.qualify(cfg.profile_metrics_table), drift_table=cfg.qualify(cfg.drift_metrics_table))
-    return _monitor_table(ctx, cfg, res, _prediction_frames, mlflow_run_id, batch_rows, baselines)
+    return _monitor_table(ctx, cfg, res, _prediction_frames, mlflow_run_id, batch_rows, baselines, late_rows)
 
 def monitor_inference_log(ctx:RunContext, cfg:EnvConfig,
                           mlflow_run_id:str,     # the monitor step's MLflow run, recorded on every row

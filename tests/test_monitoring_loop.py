@@ -122,8 +122,10 @@ def test_late_labels_are_joined_by_a_later_monitor_run(loop):
     labels = home.read_table("dev.mlops_nb.labels").data
     assert (pd.to_datetime(labels.labeled_at, utc=True) > pd.Timestamp.now(tz="UTC")).all()   # none arrived yet
     home.write_table(labels.assign(labeled_at=pd.Timestamp.now(tz="UTC") - pd.Timedelta(minutes=1)), "dev.mlops_nb.labels")
+    before = home.read_table("dev.mlops_nb.predictions_profile_metrics").version
     r = home.cli("monitor", "--json", env={"MLOPS_NB_CONFIG": home.path/"rules.toml"})
     assert r.returncode == 0, str(r)
+    assert home.read_table("dev.mlops_nb.predictions_profile_metrics").version == before + 1   # one commit per monitor run
     assert "written again (labels or rows arrived since)" in r.json()["steps"][0]["outputs"]["note"], r.json()["steps"][0]["outputs"]
     prof = home.read_table("dev.mlops_nb.predictions_profile_metrics").data
     q = prof[(prof.column_name == ":table") & (prof.slice_key == ":all")].sort_values("monitored_at")
