@@ -131,6 +131,7 @@ class MonitorResult:
     batches: int = 0                                  # batches read (each at most about BATCH_ROWS rows)
     profile_table: str = ""                           # the two tables written
     drift_table: str = ""
+    late_rows: list = field(default_factory=list)     # `:table` rows of earlier windows written again (monitor_predictions' `late_rows`)
 
 # %% ../nbs/09b_monitoring.ipynb #9b9b30fb
 class WindowProfiles:
@@ -226,11 +227,11 @@ def monitor_commits(name:str) -> list:
     return [h for h in history(name) if h.get("writer") == "mlops-nb monitor"] if table_exists(name) else []
 
 def _write_rows(ctx, res, prof, drift):
-    "Append the drift rows, then the profile rows (last: they record the read), each in one commit; fill in `res`."
+    "Append the drift rows, then the profile rows and `res.late_rows` (last: they record the read), each in one commit; fill in `res`."
     commit = {"writer": "mlops-nb monitor", "job_run_id": ctx.run_id, "predictions_version": res.version}
     if not any(h["job_run_id"] == ctx.run_id for h in monitor_commits(res.drift_table)):   # not written by a crashed try of this job run
         res.drift_version = write_table(pa.Table.from_pylist(drift, schema=DRIFT_SCHEMA), res.drift_table, metadata=commit)
-    res.profile_version = write_table(pa.Table.from_pylist(prof, schema=PROFILE_SCHEMA), res.profile_table, metadata=commit)
+    res.profile_version = write_table(pa.Table.from_pylist(prof + res.late_rows, schema=PROFILE_SCHEMA), res.profile_table, metadata=commit)
     whole = [r for r in drift if r["slice_key"] == ":all" and r["drift_type"] == "BASELINE" and r["drifted"]]
     res.drifted = sorted({f"{r['column_name']} (v{r['model_version']}, {r['drift_statistic']})" for r in whole})
     res.windows = len({(r["window_start"], r["model_version"]) for r in prof})
