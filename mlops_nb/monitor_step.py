@@ -92,11 +92,26 @@ def log_monitor_figures(step, cfg:EnvConfig) -> list:
     for name, fig in figs: mlflow.log_figure(fig, f"monitoring/{name}.png")
     return [n for n, _ in figs]
 
+# %% ../nbs/09f_monitor_step.ipynb #9840ee77
+def _record_outputs(step:MonitorStep):
+    "Log the monitor run's metrics and set the step's outputs (task values on Databricks)."
+    import mlflow
+    from mlops_nb.tracking import set_step_outputs
+    a = step.alerts
+    mlflow.log_metrics({"monitored_rows": step.monitor.rows, "monitored_online_rows": step.online.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised),
+                        "quality_windows_refreshed": step.quality.windows})
+    note = "; ".join([step.monitor.note] + ([f"online: {step.online.note}"] if step.online.rows else [])
+                     + ([step.quality.note] if step.quality.windows else []) + [a.note])
+    set_step_outputs(summary=note, note=note, rows=step.monitor.rows, online_rows=step.online.rows,
+                     drifted=len(step.monitor.drifted), alerts=len(a.raised), retrain="true" if step.retrain else "false",
+                     alert_id=(a.retrain_alerts or [""])[0], undelivered=len(a.undelivered))
+
+
 # %% ../nbs/09f_monitor_step.ipynb #2a7837dc
 def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorStep:
     "The monitor step: monitor the new predictions (and late labels) and the inference log, raise alerts, log the figures in the step's MLflow run, and record what it found as the step's outputs."
     import mlflow
-    from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
+    from mlops_nb.tracking import start_step_run, finish_step_run
     from mlops_nb.monitoring import monitor_commits
     done = monitor_commits(cfg.qualify(cfg.profile_metrics_table))   # for the run's parameters only
     run = start_step_run(ctx, cfg, {"predictions_table": cfg.qualify(predictions_table or cfg.predictions_table),
@@ -111,13 +126,6 @@ def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> Mo
     step.online = monitor_inference_log(ctx, cfg, run.info.run_id)
     step.alerts = raise_alerts(ctx, cfg, run.info.run_id, [(r.predictions_table, r.profile_table, r.drift_table) for r in (step.monitor, step.online)])
     step.figures = log_monitor_figures(step, cfg)
-    a = step.alerts
-    mlflow.log_metrics({"monitored_rows": step.monitor.rows, "monitored_online_rows": step.online.rows, "drifted_columns": len(step.monitor.drifted), "alerts": len(a.raised),
-                        "quality_windows_refreshed": step.quality.windows})
-    note = "; ".join([step.monitor.note] + ([f"online: {step.online.note}"] if step.online.rows else [])
-                     + ([step.quality.note] if step.quality.windows else []) + [a.note])
-    set_step_outputs(summary=note, note=note, rows=step.monitor.rows, online_rows=step.online.rows,
-                     drifted=len(step.monitor.drifted), alerts=len(a.raised), retrain="true" if step.retrain else "false",
-                     alert_id=(a.retrain_alerts or [""])[0], undelivered=len(a.undelivered))
+    _record_outputs(step)
     finish_step_run()
     return step
