@@ -22,27 +22,19 @@ _KEY = ["window_start", "window_end", "model_name", "model_version", "job_run_id
 
 def _worse(v, bound:float, direction:str) -> bool: return v > bound if direction == "above" else v < bound
 
-def _metric_value(row, metric:str):
-    "The value of `metric` in a drift table row (a test's field for `ks_test.pvalue` and the like)."
-    name, _, part = metric.partition(".")
-    v = row.get(name)
-    return (v or {}).get(part) if part else v
-
 def _drift_points(rule:AlertRule, drift:pd.DataFrame) -> pd.DataFrame:
     "Points of a drift-statistic or `drift` rule: one per window, version and column."
     d = drift[(drift.drift_type == rule.drift_type) & (drift.slice_key == ":all")]
     if rule.column != "*": d = d[d.column_name == rule.column]
-    rows = []
-    for _, r in d.iterrows():
-        if rule.metric == "drift":   # the verdict the monitor wrote, at the window's sample sizes
-            value, bound, breach = r.get("drift_value"), r.get("drift_bound"), bool(r.drifted)
-            direction = "below" if str(r.drift_statistic).endswith("pvalue") else "above"
-        else:
-            value, bound, direction = _metric_value(r, rule.metric), rule.bound, rule.direction
-            breach = value is not None and not pd.isna(value) and _worse(value, bound, direction)
-        rows.append({**{k: r[k] for k in _KEY}, "column_name": r.column_name, "rows": r["count"], "value": value, "bound": bound,
-                     "direction": direction, "breach": breach, "statistic": rule.metric if rule.metric != "drift" else r.drift_statistic})
-    return pd.DataFrame(rows)
+    if rule.metric == "drift":   # the verdict the monitor wrote, at the window's sample sizes
+        value, bound, breach, statistic = d.drift_value, d.drift_bound, d.drifted.astype(bool), d.drift_statistic
+        direction = np.where(d.drift_statistic.astype(str).str.endswith("pvalue"), "below", "above")
+    else:
+        name, _, part = rule.metric.partition(".")
+        value = d[name].map(lambda v: v.get(part) if isinstance(v, dict) else None) if part else d[name]
+        value, bound, direction, statistic = pd.to_numeric(value, errors="coerce"), rule.bound, rule.direction, rule.metric
+        breach = value > bound if direction == "above" else value < bound   # NaN breaks nothing
+    return d[_KEY + ["column_name"]].assign(rows=d["count"], value=value, bound=bound, direction=direction, breach=breach, statistic=statistic)
 
 # %% ../nbs/09d_alerts.ipynb #ca24e138
 def _share_points(rule:AlertRule, drift:pd.DataFrame) -> pd.DataFrame:

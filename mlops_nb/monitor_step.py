@@ -110,7 +110,6 @@ def _record_outputs(step:MonitorStep):
 # %% ../nbs/09f_monitor_step.ipynb #2a7837dc
 def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> MonitorStep:
     "The monitor step: monitor the new predictions (and late labels) and the inference log, raise alerts, log the figures in the step's MLflow run, and record what it found as the step's outputs."
-    import mlflow
     from mlops_nb.tracking import start_step_run, finish_step_run
     from mlops_nb.monitoring import monitor_commits
     done = monitor_commits(cfg.qualify(cfg.profile_metrics_table))   # for the run's parameters only
