@@ -9,7 +9,7 @@ from .core import DataError
 from .profiles import PROFILE_FORMAT, PROFILE_VERSION, check_profile, require_columns, summarise_column
 
 # %% auto #0
-__all__ = ['profiled_columns', 'bin_splits', 'finite_double', 'category_code', 'column_entries', 'aggregate_bins',
+__all__ = ['profiled_columns', 'bin_splits', 'finite_double', 'category_code', 'centre', 'column_entries', 'aggregate_bins',
            'numeric_from_bins', 'categorical_from_bins', 'group_keys', 'spark_profile_on', 'slice_text',
            'spark_slice_profiles']
 
@@ -45,7 +45,6 @@ def finite_double(sdf, src:str):
     x = F.col(src).cast("double")
     return F.when(~F.isnan(x) & (F.abs(x) != F.lit(float("inf"))), x)
 
-
 def category_code(sdf, src:str, values:list):
     "Column `src` as the index of its value in `values` (len(values): any other value), null where it is null."
     from pyspark.sql import functions as F, types as T
@@ -63,9 +62,13 @@ def category_code(sdf, src:str, values:list):
     null = c.isNull() | (F.isnan(c) if isinstance(t, (T.FloatType, T.DoubleType)) else F.lit(False))
     return F.when(~null, code)
 
-# %% ../nbs/06e_spark_profiles.ipynb #f69e7a0c
+# %% ../nbs/06e_spark_profiles.ipynb #dfdd5138
+def centre(b:dict) -> float:
+    "The point a numeric column's values are summed from: the baseline's mean (0 without one)."
+    return float(b["mean"]) if b.get("mean") is not None else 0.0
+
 def column_entries(baseline:dict, sdf, cols:list) -> tuple:
-    "`sdf` with each numeric column binned (one Bucketizer for all), and per column the struct (column, bin, value, offset)."
+    "`sdf` with each numeric column binned (one Bucketizer for all), and per column the struct (column, bin, value, value - centre)."
     from pyspark.sql import functions as F
     from pyspark.ml.feature import Bucketizer
     bcols = baseline["columns"]
@@ -78,42 +81,45 @@ def column_entries(baseline:dict, sdf, cols:list) -> tuple:
     for i, (name, src) in enumerate(cols):
         b = bcols[name]
         if b["kind"] == "categorical": k, x, o = category_code(sdf, src, b["values"]), none, none
-        elif not b["edges"]: x = F.col(f"__x{i}"); k, o = F.when(x.isNotNull(), F.lit(0)), F.when(x.isNotNull(), F.lit(0.0))
-        else:
-            x, k, e = F.col(f"__x{i}"), F.col(f"__b{i}").cast("int"), b["edges"]
-            lower = F.array(*[F.lit(float(v)) for v in e])  # bin k >= 1 starts at e[k-1] (element k, counted from 1)
-            o = F.when(k == 0, F.lit(float(e[0])) - x).otherwise(x - F.element_at(lower, F.greatest(k, F.lit(1))))
+        else:  # the value less a centre: summed per bin, then shifted to the bin's edge on the driver (no lookup per row)
+            x = F.col(f"__x{i}")
+            k, o = (F.col(f"__b{i}") if b["edges"] else F.when(x.isNotNull(), F.lit(0))), x - F.lit(centre(b))
         entries.append(F.struct(F.lit(i).alias("__c"), k.cast("int").alias("__b"), x.alias("__x"), o.alias("__o")))
     return sdf, entries
 
-
 def aggregate_bins(sdf, entries:list, group_cols:list):
-    "Per group, column and bin (null: the column's nulls): rows, offset sum and the values' mean, var_pop, min and max."
+    "Per group, column and bin (null: the column's nulls): rows, the sums of x - c and (x - c)^2, the min and max of x."
     from pyspark.sql import functions as F
     stacked = sdf.select(*[F.col(g) for g in group_cols], F.inline(F.array(*entries)))
     return stacked.groupBy(*group_cols, "__c", "__b").agg(
-        F.count(F.lit(1)).alias("__k"), F.sum("__o").alias("__o"), F.avg("__x").alias("__mean"),
-        F.var_pop("__x").alias("__var"), F.min("__x").alias("__min"), F.max("__x").alias("__max"))
+        F.count(F.lit(1)).alias("__k"), F.sum("__o").alias("__o"), F.sum(F.col("__o") * F.col("__o")).alias("__o2"),
+        F.min("__x").alias("__min"), F.max("__x").alias("__max"))
 
 # %% ../nbs/06e_spark_profiles.ipynb #2392fe38
 def numeric_from_bins(b:dict, rows:pd.DataFrame) -> dict:
     "A numeric column's profile (as `profiles.numeric_column` makes it) from its rows of `aggregate_bins`."
-    size, known = len(b["edges"]) + 1, rows["__b"].notna()
+    e, c, known = np.asarray(b["edges"], dtype=np.float64), centre(b), rows["__b"].notna()
     r, nulls = rows[known], int(rows["__k"][~known].sum())
     idx, k = r["__b"].to_numpy().astype(np.int64), r["__k"].to_numpy(np.float64)
-    counts, offsets = np.zeros(size, np.int64), np.zeros(size)
-    counts[idx], offsets[idx] = k.astype(np.int64), r["__o"].to_numpy(np.float64)
+    so, so2 = r["__o"].to_numpy(np.float64), r["__o2"].to_numpy(np.float64)  # sums of x - c and (x - c)^2
+    counts, offsets = np.zeros(e.size + 1, np.int64), np.zeros(e.size + 1)
+    counts[idx] = k.astype(np.int64)
+    lo, hi = r["__min"].to_numpy(np.float64), r["__max"].to_numpy(np.float64)
+    tied = lo == hi  # a bin of one value (ties, counts): its offsets and moments exactly, not from the sums
+    if e.size:  # bin 0: sum of e0 - x; bin j >= 1: sum of x - e[j-1]
+        lower = np.concatenate([e[:1], e])[idx]
+        offsets[idx] = np.where(idx == 0, np.where(tied, k * (lower - lo), k * (lower - c) - so),
+                                np.where(tied, k * (lo - lower), so - k * (lower - c)))
     n = int(counts.sum())
-    if not n and b["edges"]: offsets = offsets.astype(np.int64)  # as np.bincount of no values gives them
-    if n:  # the bins' moments merged as merge_columns merges two profiles'
-        means = r["__mean"].to_numpy(np.float64)
+    if not n and e.size: offsets = offsets.astype(np.int64)  # as np.bincount of no values gives them
+    if n:  # each bin's mean and M2 from its sums, merged by Chan's formula
+        means = np.where(tied, lo - c, so / k)
         mean = float((k * means).sum() / n)
-        m2 = float((k * r["__var"].to_numpy(np.float64)).sum() + (k * (means - mean) ** 2).sum())
-    return summarise_column({"kind": "numeric", "nulls": nulls, "n": n, "mean": float(mean) if n else None,
+        m2 = float(np.where(tied, 0, np.maximum(so2 - so * means, 0)).sum() + (k * (means - mean) ** 2).sum())
+    return summarise_column({"kind": "numeric", "nulls": nulls, "n": n, "mean": mean + c if n else None,
                              "m2": m2 if n else 0.0, "min": float(r["__min"].min()) if n else None,
                              "max": float(r["__max"].max()) if n else None, "edges": list(b["edges"]),
                              "counts": counts.tolist(), "offsets": offsets.tolist(), "psi_cuts": list(b["psi_cuts"])})
-
 
 def categorical_from_bins(b:dict, rows:pd.DataFrame) -> dict:
     "A categorical column's profile (as `profiles.categorical_column` makes it) from its rows of `aggregate_bins`."
@@ -133,10 +139,9 @@ def group_keys(sdf, agg:pd.DataFrame, group_cols:list) -> pd.DataFrame:
         if isinstance(sdf.schema[g].dataType, T.TimestampType): agg[g] = agg[g].dt.tz_localize(tz)
     return agg
 
-
 def _key(values) -> tuple:
+    "A group's values as plain Python ones (numpy scalars unwrapped)."
     return tuple(v.item() if isinstance(v, np.generic) else v for v in values)
-
 
 def spark_profile_on(baseline:dict,  # the profile whose bins and values the rows are counted on
                      sdf,            # a Spark DataFrame: the baseline's columns, `score` and `group_cols`
@@ -170,9 +175,9 @@ def slice_text(sdf, col:str):
     "A slice column's values as the monitor names them (pandas' `astype('string')`; True/False; null: `:null`)."
     from pyspark.sql import functions as F, types as T
     c = F.col(col)
-    text = F.when(c, F.lit("True")).otherwise(F.lit("False")) if isinstance(sdf.schema[col].dataType, T.BooleanType) else c.cast("string")
+    boolean = isinstance(sdf.schema[col].dataType, T.BooleanType)
+    text = F.when(c, F.lit("True")).otherwise(F.lit("False")) if boolean else c.cast("string")
     return F.coalesce(text, F.lit(":null"))
-
 
 def spark_slice_profiles(baseline:dict, sdf, group_cols:list, slice_columns:list, score:str=None, columns:list=None) -> dict:
     "{(*group values, slice key, slice value): profile}: each group's rows (`:all`, `:all`), then each value of each slice column."
