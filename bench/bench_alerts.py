@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 import bench_drift as bd  # noqa: E402  the same seeded frames
 from mlops_nb.alert_rules import DEFAULT_ALERT_RULES, parse_rules  # noqa: E402
 from mlops_nb.alerts import fired_points, rule_points  # noqa: E402
-from mlops_nb.monitoring import drift_rows, quality_metrics  # noqa: E402
+from mlops_nb.monitoring import drift_rows  # noqa: E402
+from mlops_nb.quality import quality_metrics  # noqa: E402
 from mlops_nb.profiles import profile_frame, profile_on  # noqa: E402
 
 RULES = parse_rules(DEFAULT_ALERT_RULES)

@@ -56,6 +56,7 @@ class _RunSettings:
     labels_table: str = "labels"              # the scored rows' labels as they arrive: keys, label, labeled_at
     label_horizon_hours: float = 72.0         # monitoring re-joins the labels of windows this recent (they arrive late)
     monitor_granularity: str = "day"          # monitoring's time windows: hour, day or week
+    monitor_engine: str = "auto"              # auto: Spark on Databricks, Arrow batches here; spark or arrow to choose
     slice_columns: list = field(default_factory=list)  # monitoring also profiles each value of these columns
     profile_metrics_table: str = "predictions_profile_metrics"  # monitoring's tables, shaped like Lakehouse Monitoring's
     drift_metrics_table: str = "predictions_drift_metrics"
@@ -154,6 +155,7 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: 0 <= v <= 1, "a number from 0 to 1") for k in ("min_auc", "decision_threshold", "promote_win_rate", "baseline_auc")},
     "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
     "monitor_granularity": (lambda v: v in ("hour", "day", "week"), "hour, day or week"),
+    "monitor_engine": (lambda v: v in ("auto", "spark", "arrow"), "auto, spark or arrow"),
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),

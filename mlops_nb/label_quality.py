@@ -6,23 +6,20 @@
 from __future__ import annotations
 from dataclasses import dataclass, field
 import pandas as pd, pyarrow as pa
-from .config import EnvConfig, on_databricks
+from .config import EnvConfig
 from .context import RunContext
-from .lakehouse import open_delta, read_table, read_spark_table, table_exists
-from .monitoring import PROFILE_SCHEMA, arrived_labels, estimated_auc, quality_metrics, window_bounds
+from .lakehouse import open_delta, read_table, table_exists
+from .quality import estimated_auc, quality_metrics
+from .monitoring import PROFILE_SCHEMA, arrived_labels, window_bounds
 
 # %% auto #0
-__all__ = ['window_predictions', 'latest_quality', 'QualityRefresh', 'late_quality']
+__all__ = ['window_predictions', 'latest_quality', 'QualityRefresh', 'arrow_window_quality', 'late_quality']
 
 # %% ../nbs/09e_label_quality.ipynb #25ee0fda
 def window_predictions(cfg:EnvConfig, table:str, version:int, since) -> pd.DataFrame:
     "The keys, probability, model and `scored_at` of the predictions in `table` at `version` scored at or after `since`."
     cols = cfg.keys + ["probability", "model_name", "model_version", "scored_at"]
     since = pd.Timestamp(since)
-    if on_databricks():
-        from pyspark.sql import functions as F
-        sdf, _ = read_spark_table(table, version)
-        return sdf.where(F.col("scored_at") >= F.lit(since.to_pydatetime())).select(*cols).toPandas()
     import pyarrow.dataset as ds
     data = open_delta(table, version).to_pyarrow_dataset()
     return data.to_table(columns=cols, filter=ds.field("scored_at") >= pa.scalar(since.to_pydatetime(), pa.timestamp("us", tz="UTC"))).to_pandas()
@@ -44,41 +41,47 @@ class QualityRefresh:
     @property
     def labeled(self) -> int: return sum(r["labeled_rows"] for r in self.rows)
 
-def _window_quality(cfg, g:pd.DataFrame, meta:dict) -> dict:
-    "The `:table` row of one window's predictions `g` (with `_label` where a label arrived)."
-    known = g[g["_label"].notna()]
-    q = quality_metrics(known["_label"], known.probability, cfg.decision_threshold) if len(known) else {"labeled_rows": 0}
-    return {**meta, "slice_key": ":all", "slice_value": ":all", "column_name": ":table", "count": len(g), **q,
-            "estimated_auc": estimated_auc(g.probability)}
+def arrow_window_quality(cfg:EnvConfig, table:str, version:int, since, now) -> dict:
+    "{(window start, model name, version): (window end, rows, `:table` quality)} of `table`'s predictions at `version` scored at or after `since`, with the labels arrived by `now`."
+    preds = window_predictions(cfg, table, version, since)
+    start, end = window_bounds(preds.scored_at, cfg.monitor_granularity)
+    labels = arrived_labels(cfg, now).rename(columns={cfg.label: "_label"})
+    preds = preds.assign(window_start=start.to_numpy(), window_end=end.to_numpy()).merge(labels, on=cfg.keys, how="left")
+    out = {}
+    for (s, e, name, v), g in preds.groupby(["window_start", "window_end", "model_name", "model_version"], sort=True):
+        known = g[g["_label"].notna()]
+        q = quality_metrics(known["_label"], known.probability, cfg.decision_threshold) if len(known) else {"labeled_rows": 0}
+        out[(s, name, str(v))] = (e, len(g), {**q, "estimated_auc": estimated_auc(g.probability)})
+    return out
 
 # %% ../nbs/09e_label_quality.ipynb #54089015
 def late_quality(ctx:RunContext, cfg:EnvConfig, mlflow_run_id:str,
                  predictions_table:str,   # the monitored table
                  predictions_version:int, # the version this monitor run read up to
                  current_rows:list=(),    # the profile rows this run is about to write (their windows' latest rows)
-                 now=None) -> QualityRefresh:
+                 now=None,
+                 window_quality=None,     # the engine's: arrow_window_quality (default) or spark_monitoring's
+                ) -> QualityRefresh:
     "The quality, again, of the windows within the label horizon whose labels or rows grew since their latest row."
     now = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
     prof_t = cfg.qualify(cfg.profile_metrics_table)
     written = read_table(prof_t).data if table_exists(prof_t) else pd.DataFrame()
     prof = pd.concat([written, pd.DataFrame(list(current_rows))], ignore_index=True)
     if predictions_version is None or prof.empty: return QualityRefresh(note="no window to refresh")
-    labels = arrived_labels(cfg, now)
-    if labels is None: return QualityRefresh(note=f"no labels table {cfg.qualify(cfg.labels_table)}: quality skipped")
+    if not table_exists(cfg.qualify(cfg.labels_table)): return QualityRefresh(note=f"no labels table {cfg.qualify(cfg.labels_table)}: quality skipped")
     rec = latest_quality(prof)
     rec = rec[pd.to_datetime(rec.window_end, utc=True) > now - pd.Timedelta(hours=cfg.label_horizon_hours)]
     if rec.empty: return QualityRefresh(note=f"no window within the label horizon ({cfg.label_horizon_hours:g} h)")
-    preds = window_predictions(cfg, predictions_table, predictions_version, rec.window_start.min())
-    start, end = window_bounds(preds.scored_at, cfg.monitor_granularity)
-    preds = preds.assign(window_start=start.to_numpy(), window_end=end.to_numpy()).merge(labels.rename(columns={cfg.label: "_label"}), on=cfg.keys, how="left")
+    quality = (window_quality or arrow_window_quality)(cfg, predictions_table, predictions_version, rec.window_start.min(), now)
     last = {(r.window_start, r.model_name, str(r.model_version)): r for r in rec.itertuples()}
     meta = {"granularity": cfg.monitor_granularity, "predictions_version": predictions_version, "job_run_id": ctx.run_id,
             "git_sha": ctx.git_sha, "mlflow_run_id": mlflow_run_id, "monitored_at": now}
     rows = []
-    for (s, e, name, version), g in preds.groupby(["window_start", "window_end", "model_name", "model_version"], sort=True):
-        r = last.get((s, name, str(version)))
-        if r is None or (len(g) == r.count and int(g["_label"].notna().sum()) == (0 if pd.isna(r.labeled_rows) else int(r.labeled_rows))): continue
-        rows.append(_window_quality(cfg, g, {**meta, "window_start": s, "window_end": e, "model_name": name, "model_version": str(version)}))
+    for (s, name, version), (e, n, q) in sorted(quality.items()):
+        r = last.get((s, name, version))
+        if r is None or (n == r.count and q["labeled_rows"] == (0 if pd.isna(r.labeled_rows) else int(r.labeled_rows))): continue
+        rows.append({**meta, "window_start": s, "window_end": e, "model_name": name, "model_version": version,
+                     "slice_key": ":all", "slice_value": ":all", "column_name": ":table", "count": n, **q})
     if not rows: return QualityRefresh(note="no window got new labels")
     res = QualityRefresh(rows)
     res.note = f"quality of {res.windows} window(s) written again (labels or rows arrived since): {res.labeled} labelled rows"

@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_lakehouse.ipynb #e3ce8f0b
 from __future__ import annotations
-import contextlib, os, re, sys
+import contextlib, json, os, re, sys
 from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd, pyarrow as pa
@@ -164,10 +164,11 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
                ) -> int:
     "Append `data` to (or overwrite) table `name` in one transaction; return the new version."
     if mode not in ("append", "overwrite"): raise ParameterError(f"mode: expected append or overwrite, found {mode!r}")
-    if on_databricks():
-        spark = get_spark()
+    if on_databricks():  # the commit's metadata is Delta's userMetadata there (history gives it back as keys)
+        spark, meta = get_spark(), {k: str(v) for k, v in (metadata or {}).items()}
         sdf = spark.createDataFrame(data if isinstance(data, pd.DataFrame) else _to_arrow(data).to_pandas())
-        sdf.write.format("delta").mode(mode).saveAsTable(name)
+        w = sdf.write.format("delta").mode(mode)
+        (w.option("userMetadata", json.dumps(meta)) if meta else w).saveAsTable(name)
         return table_version(name)
     from deltalake import write_deltalake, CommitProperties
     path = table_path(name)
@@ -186,9 +187,19 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
         raise
     return open_delta(name, check_files=False).version()
 
+
+# %% ../nbs/03_lakehouse.ipynb #0fa3965c
+def _user_metadata(text) -> dict:
+    "A Databricks commit's userMetadata (the JSON `write_table` wrote) as a dict; {} when it is empty or not ours."
+    try: meta = json.loads(text) if text else {}
+    except ValueError: return {}
+    return meta if isinstance(meta, dict) else {}
+
 def history(name:str, limit:int=None) -> list[dict]:
     "The commits of table `name`, newest first."
-    if on_databricks(): return [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
+    if on_databricks():
+        rows = [r.asDict() for r in get_spark().sql(f"DESCRIBE HISTORY {name}").collect()][:limit]
+        return [{**h, **_user_metadata(h.get("userMetadata"))} for h in rows]
     return open_delta(name, check_files=False).history(limit)
 
 # %% ../nbs/03_lakehouse.ipynb #cb42a877

@@ -11,8 +11,8 @@ from .config import EnvConfig
 from .lakehouse import open_delta, table_exists, table_path
 
 # %% auto #0
-__all__ = ['BATCH_ROWS', 'LOG_COLUMNS', 'new_files', 'file_batches', 'added_rows', 'key_filter', 'matching_rows', 'with_features',
-           'arrived_labels', 'log_rows']
+__all__ = ['BATCH_ROWS', 'LOG_COLUMNS', 'new_files', 'check_read_up_to', 'appended_files', 'file_batches', 'added_rows',
+           'key_filter', 'matching_rows', 'missing_inputs', 'with_features', 'arrived_labels', 'log_rows']
 
 # %% ../nbs/09a_monitor_sources.ipynb #9e430629
 BATCH_ROWS = 250_000  # rows the monitor holds at once (a setting later): about 1 KB each while a batch is joined and profiled
@@ -23,14 +23,23 @@ def new_files(name:str, after:int|None) -> tuple:
     dt = DeltaTable(str(table_path(name)))
     now, schema = dt.version(), pa.schema(dt.schema().to_arrow())
     if after is None: return dt.file_uris(), now, schema
+    check_read_up_to(name, after, now)
+    return appended_files(name, after, now, set(DeltaTable(str(table_path(name)), version=after).file_uris()), dt.file_uris()), now, schema
+
+
+# %% ../nbs/09a_monitor_sources.ipynb #9d3cfcd0
+def check_read_up_to(name:str, after:int, now:int):
+    "An error unless table `name`, at version `now`, still has the version `after` monitoring read up to."
     if after > now:
         raise DataError(f"{name} is at version {now}, but monitoring already read it up to version {after}: the table was "
                         f"re-created; drop its rows from the monitoring tables or monitor another table")
-    old, files = set(DeltaTable(str(table_path(name)), version=after).file_uris()), dt.file_uris()
+
+def appended_files(name:str, after:int, now:int, old:set, files:list) -> list:
+    "The `files` of version `now` not among version `after`'s `old`; an error when one of `old` is gone (rows were rewritten)."
     if old - set(files):
         raise DataError(f"{name} rewrote data files between versions {after} and {now} (an overwrite, OPTIMIZE or DELETE): "
                         "monitoring reads appended rows only; monitor from a fresh table")
-    return [f for f in files if f not in old], now, schema
+    return [f for f in files if f not in old]
 
 def file_batches(files:list, schema:pa.Schema, columns:list=None, batch_rows:int=BATCH_ROWS):
     "The rows of parquet `files` (`columns` of `schema`; None: all) as Arrow tables of `batch_rows` to twice that, one at a time."
@@ -71,6 +80,11 @@ def matching_rows(dataset, keys:list, rows:pa.Table, columns:list) -> pd.DataFra
     return dataset.to_table(columns=names, filter=key_filter(keys, rows, dataset.schema), batch_readahead=1,
                             fragment_readahead=2).to_pandas()
 
+def missing_inputs(table:str, version, missing:list) -> DataError:
+    "The error of an input table whose scored rows lack columns the monitor needs."
+    return DataError(f"{table} at version {version}, the rows these predictions scored, lacks column(s) {missing} the monitor "
+                     f"needs (the model version's baseline profile, the env's slice columns); nothing was written")
+
 def with_features(preds:pa.Table, keys:list, columns:list=None, inputs:dict=None) -> pd.DataFrame:
     "Predictions `preds` joined by `keys` with the rows they scored (`columns` of them; None: all), each input table at the version recorded beside it."
     inputs = {} if inputs is None else inputs   # {(table, version): its pyarrow dataset}, kept across batches
@@ -81,8 +95,7 @@ def with_features(preds:pa.Table, keys:list, columns:list=None, inputs:dict=None
         d = inputs[(table, version)]
         want = [c for c in (columns if columns is not None else d.schema.names) if c in keys or c not in rows.columns]
         missing = [c for c in want if c not in d.schema.names]
-        if missing: raise DataError(f"{table} at version {version}, the rows these predictions scored, lacks column(s) {missing} the monitor "
-                                    f"needs (the model version's baseline profile, the env's slice columns); nothing was written")
+        if missing: raise missing_inputs(table, version, missing)
         scored = matching_rows(d, keys, pa.Table.from_pandas(rows[keys], preserve_index=False), want)
         parts.append(rows.merge(scored, on=keys, how="left"))
     return frame if not parts else parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)

@@ -10,6 +10,7 @@ from .context import RunContext
 from .monitoring import MonitorResult, monitor_inference_log, monitor_predictions
 from .alerts import AlertsResult, raise_alerts
 from .label_quality import QualityRefresh, late_quality
+from .spark_monitoring import monitor_engine, spark_prediction_reader, spark_log_reader, spark_window_quality
 from .core import DataError
 
 # %% auto #0
@@ -114,15 +115,18 @@ def run_monitor(ctx:RunContext, cfg:EnvConfig, predictions_table:str=None) -> Mo
     from mlops_nb.monitoring import monitor_commits
     done = monitor_commits(cfg.qualify(cfg.profile_metrics_table))   # for the run's parameters only
     run = start_step_run(ctx, cfg, {"predictions_table": cfg.qualify(predictions_table or cfg.predictions_table),
-                                    "granularity": cfg.monitor_granularity,
+                                    "granularity": cfg.monitor_granularity, "engine": monitor_engine(cfg),
                                     "after_version": done[0]["predictions_version"] if done else "none"})
+    spark = monitor_engine(cfg) == "spark"   # Databricks: the tables are read and aggregated by Spark
     late = []   # the labels that arrived since for earlier windows: their rows join this run's one commit
     def late_rows(res, current):
-        late.append(late_quality(ctx, cfg, run.info.run_id, res.predictions_table, res.version, current))
+        late.append(late_quality(ctx, cfg, run.info.run_id, res.predictions_table, res.version, current,
+                                 window_quality=spark_window_quality if spark else None))
         return late[-1].rows
-    step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table, late_rows=late_rows))
+    step = MonitorStep(monitor_predictions(ctx, cfg, run.info.run_id, predictions_table, late_rows=late_rows,
+                                           read=spark_prediction_reader if spark else None))
     step.quality = late[-1] if late else QualityRefresh()
-    step.online = monitor_inference_log(ctx, cfg, run.info.run_id)
+    step.online = monitor_inference_log(ctx, cfg, run.info.run_id, read=spark_log_reader if spark else None)
     step.alerts = raise_alerts(ctx, cfg, run.info.run_id, [(r.predictions_table, r.profile_table, r.drift_table) for r in (step.monitor, step.online)])
     step.figures = log_monitor_figures(step, cfg)
     _record_outputs(step)

@@ -12,15 +12,15 @@ from .context import RunContext
 from .lakehouse import read_table, write_table, table_exists, history
 from .profiles import profile_on, profile_from_json, merge_profiles
 from .drift import drift_statistics, drift_verdict
-from .plots import expected_calibration_error
+from .quality import quality_metrics, estimated_auc
 from .training import BASELINE_PROFILE
 from .monitor_sources import (BATCH_ROWS, new_files, file_batches, added_rows, with_features, arrived_labels,
                                       log_rows, LOG_COLUMNS)
 
 # %% auto #0
-__all__ = ['PROFILE_SCHEMA', 'DRIFT_SCHEMA', 'window_bounds', 'load_baseline', 'quality_metrics', 'estimated_auc', 'profile_rows',
-           'drift_rows', 'MonitorResult', 'WindowProfiles', 'monitor_windows', 'monitor_commits', 'monitor_predictions',
-           'monitor_inference_log']
+__all__ = ['PROFILE_SCHEMA', 'DRIFT_SCHEMA', 'PREDICTION_LINEAGE', 'window_bounds', 'load_baseline', 'profile_rows', 'drift_rows',
+           'MonitorResult', 'WindowProfiles', 'monitor_windows', 'monitored_columns', 'monitor_commits', 'arrow_reader',
+           'monitor_predictions', 'monitor_inference_log']
 
 # %% ../nbs/09b_monitoring.ipynb #ed6d4d55
 _STEP = {"hour": pd.Timedelta(hours=1), "day": pd.Timedelta(days=1), "week": pd.Timedelta(days=7)}
@@ -43,28 +43,6 @@ def load_baseline(client, name:str, version) -> dict:
         raise DataError(f"model version {version} of {name} has no baseline profile ({uri}): it was trained before train "
                         "logged one; retrain it to monitor its predictions") from None
     return profile_from_json(text)
-
-# %% ../nbs/09b_monitoring.ipynb #d617730b
-def quality_metrics(y, p, threshold:float) -> dict:
-    "Quality of probabilities `p` against labels `y`: AUC (None with one class), log loss, Brier, precision, recall, ECE."
-    from sklearn.metrics import roc_auc_score, log_loss, brier_score_loss, precision_score, recall_score
-    y, p = np.asarray(y, int), np.asarray(p, float)
-    hard = (p >= threshold).astype(int)
-    return {"labeled_rows": len(y), "auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
-            "log_loss": float(log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1])),
-            "brier_score": float(brier_score_loss(y, p)), "precision": float(precision_score(y, hard, zero_division=0)),
-            "recall": float(recall_score(y, hard, zero_division=0)), "expected_calibration_error": expected_calibration_error(y, p)}
-
-def estimated_auc(p) -> float|None:
-    "The AUC expected if probabilities `p` are calibrated: pairs (i positive w.p. p_i, j negative w.p. 1-p_j), ties half."
-    p = np.sort(np.asarray(p, float))
-    if len(p) < 2: return None
-    vals, first = np.unique(p, return_index=True)
-    pos, neg = np.add.reduceat(p, first), np.add.reduceat(1 - p, first)
-    below = np.cumsum(neg) - neg                                  # negative weight of strictly lower scores
-    self_pairs = np.sum(p*(1 - p))                                # a row is never paired with itself
-    num, den = np.sum(pos*(below + neg/2)) - self_pairs/2, p.sum()*(1 - p).sum() - self_pairs
-    return float(num/den) if den > 0 else None
 
 # %% ../nbs/09b_monitoring.ipynb #287e2952
 def _slices(frame:pd.DataFrame, columns:list):
@@ -150,19 +128,23 @@ class WindowProfiles:
                 y = part["_label"].to_numpy(np.float64, na_value=np.nan) if "_label" in part else np.full(len(part), np.nan)
                 self.scores.setdefault(k, []).append((part.probability.to_numpy(np.float64), np.where(np.isnan(y), -1, y).astype(np.int8)))
 
+    def quality(self, k) -> dict:
+        "The `:table` quality of group `k` (popped): of its labelled rows, and the AUC its probabilities estimate."
+        p, y = (np.concatenate(a) for a in zip(*self.scores.pop(k)))
+        known = y >= 0
+        q = quality_metrics(y[known], p[known], self.cfg.decision_threshold) if known.any() else {"labeled_rows": 0}
+        return {**q, "estimated_auc": estimated_auc(p)}
+
     def rows(self, meta:dict) -> tuple:
         "The profile and drift rows of every window, version and slice (in time order: CONSECUTIVE is against the previous window), and each window's whole profile."
         cfg, prof, drift, prev, whole = self.cfg, [], [], {}, {}
         order = lambda k: (*k[:4], -1 if k[4] == ":all" else cfg.slice_columns.index(k[4]), k[5])
         for k in sorted(self.profiles, key=order):
             (start, end, name, version, key, value), cur, base = k, self.profiles[k], self.baselines[(k[2], k[3])]
-            p, y = (np.concatenate(a) for a in zip(*self.scores.pop(k)))
-            known = y >= 0
-            q = quality_metrics(y[known], p[known], cfg.decision_threshold) if known.any() else {"labeled_rows": 0}
             m = {**meta, "window_start": start, "window_end": end, "granularity": cfg.monitor_granularity,
                  "model_name": name, "model_version": str(version), "slice_key": key, "slice_value": value}
             if key == ":all": whole[(start, name, str(version))] = cur
-            prof += profile_rows(cur, m, {**q, "estimated_auc": estimated_auc(p)})
+            prof += profile_rows(cur, m, self.quality(k))
             drift += drift_rows(base, cur, base, m, "BASELINE")
             if (name, version, key, value) in prev: drift += drift_rows(prev[(name, version, key, value)], cur, base, m, "CONSECUTIVE")
             prev[(name, version, key, value)] = cur
@@ -178,7 +160,7 @@ def monitor_windows(cfg:EnvConfig, frame:pd.DataFrame, baselines:dict, labels, m
     return w.rows(meta)
 
 # %% ../nbs/09b_monitoring.ipynb #9c572fdd
-_PRED_SKIP = ("prediction_id", "prediction", "model_run_id", "git_sha", "job_run_id")  # lineage of a prediction the monitor does not read
+PREDICTION_LINEAGE = ("prediction_id", "prediction", "model_run_id", "git_sha", "job_run_id")  # lineage of a prediction the monitor does not read
 
 class _Baselines(dict):
     "{(model name, version): its baseline profile}, each loaded from MLflow when first asked for."
@@ -189,7 +171,7 @@ class _Baselines(dict):
         self[k] = load_baseline(self.client, *k)
         return self[k]
 
-def _wanted(cfg, baselines, pairs) -> list:
+def monitored_columns(cfg, baselines, pairs) -> list:
     "The columns the monitor reads: keys, slice columns and every baseline column of the model versions `pairs` (the score too)."
     cols = [*cfg.keys, *cfg.slice_columns, "probability"]
     for k in pairs: cols += list(baselines[k]["columns"])
@@ -209,16 +191,16 @@ def _with_labels(cfg, frame:pd.DataFrame, now) -> pd.DataFrame:
 def _prediction_frames(cfg, files, schema, baselines, now, batch_rows):
     "The new predictions, batch by batch, joined to the rows they scored and to the labels that have arrived."
     inputs = {}
-    for t in file_batches(files, schema, [c for c in schema.names if c not in _PRED_SKIP], batch_rows):
+    for t in file_batches(files, schema, [c for c in schema.names if c not in PREDICTION_LINEAGE], batch_rows):
         pairs = t.select(["model_name", "model_version"]).group_by(["model_name", "model_version"]).aggregate([]).to_pylist()
-        yield _with_labels(cfg, with_features(t, cfg.keys, _wanted(cfg, baselines, [tuple(r.values()) for r in pairs]), inputs), now)
+        yield _with_labels(cfg, with_features(t, cfg.keys, monitored_columns(cfg, baselines, [tuple(r.values()) for r in pairs]), inputs), now)
 
 def _log_frames(cfg, files, schema, baselines, now, batch_rows):
     "The inference log's new successful requests, batch by batch, as rows (each input record with its probability), with the labels that have arrived."
     for t in file_batches(files, schema, LOG_COLUMNS, batch_rows):
         frame = log_rows(t)
         if frame.empty: continue
-        want = _wanted(cfg, baselines, frame[["model_name", "model_version"]].drop_duplicates().itertuples(index=False, name=None))
+        want = monitored_columns(cfg, baselines, frame[["model_name", "model_version"]].drop_duplicates().itertuples(index=False, name=None))
         yield _with_labels(cfg, frame.assign(**{c: None for c in want if c not in frame}), now)
 
 # %% ../nbs/09b_monitoring.ipynb #1a0d184f
@@ -243,18 +225,25 @@ def _write_rows(ctx, res, prof, drift):
 
 
 # %% ../nbs/09b_monitoring.ipynb #ff809f50
-def _monitor_table(ctx, cfg, res:MonitorResult, frames, run_id:str, batch_rows:int|None, baselines=None, late_rows=None) -> MonitorResult:
-    "Monitor what `res.predictions_table` gained since the last monitor run of its tables, read by `frames` (a source's batches)."
+def arrow_reader(frames):
+    "The Arrow engine's reader of a source: the table's new files, batch by batch through `frames` (the source's batches), into `WindowProfiles`."
+    def read(cfg, res:MonitorResult, baselines, now, batch_rows:int|None) -> WindowProfiles:
+        files, res.version, schema = new_files(res.predictions_table, res.after_version)
+        acc = WindowProfiles(cfg, baselines)
+        for frame in frames(cfg, files, schema, baselines, now, batch_rows or BATCH_ROWS):
+            acc.add(frame); res.rows += len(frame); res.batches += 1
+        return acc
+    return read
+
+def _monitor_table(ctx, cfg, res:MonitorResult, read, run_id:str, batch_rows:int|None, baselines=None, late_rows=None) -> MonitorResult:
+    "Monitor what `res.predictions_table` gained since the last monitor run of its tables, read by `read` (an engine's reader of the source)."
     done = monitor_commits(res.profile_table)   # the state is in the commits' metadata: no row is read to find it
     res.after_version = int(done[0]["predictions_version"]) if done else None
     if any(h["job_run_id"] == ctx.run_id for h in done):   # a re-run of this job run (a repair): it counts nothing twice
         res.note = f"job run {ctx.run_id} already monitored {res.predictions_table}; nothing written"
         return res
-    files, res.version, schema = new_files(res.predictions_table, res.after_version)
     now, baselines = pd.Timestamp.now(tz="UTC"), _Baselines(cfg) if baselines is None else baselines
-    acc = WindowProfiles(cfg, baselines)
-    for frame in frames(cfg, files, schema, baselines, now, batch_rows or BATCH_ROWS):
-        acc.add(frame); res.rows += len(frame); res.batches += 1
+    acc = read(cfg, res, baselines, now, batch_rows)
     if not res.rows:
         res.note = f"no predictions in {res.predictions_table} after version {res.after_version}"
         res.late_rows = late_rows(res, []) if late_rows else []
@@ -277,18 +266,20 @@ def monitor_predictions(ctx:RunContext, cfg:EnvConfig,
                         batch_rows:int=None,         # rows read at once (default BATCH_ROWS)
                         baselines:dict=None,         # {(model name, version): baseline profile}; default: each version's train run's
                         late_rows=None,              # late_rows(res, this run's profile rows) -> `:table` rows of earlier windows, same commit
+                        read=None,                   # the engine's reader (default: Arrow batches; spark_monitoring's on Spark)
                        ) -> MonitorResult:
     "Profile, compare and judge the predictions added since the last monitor run; append both tables in one commit each."
     table = cfg.qualify(predictions_table or cfg.predictions_table)
     if not table_exists(table): raise DataError(f"{table} does not exist: nothing was scored in env {cfg.env}; run the score step first")
     res = MonitorResult(table, profile_table=cfg.qualify(cfg.profile_metrics_table), drift_table=cfg.qualify(cfg.drift_metrics_table))
-    return _monitor_table(ctx, cfg, res, _prediction_frames, mlflow_run_id, batch_rows, baselines, late_rows)
+    return _monitor_table(ctx, cfg, res, read or arrow_reader(_prediction_frames), mlflow_run_id, batch_rows, baselines, late_rows)
 
 def monitor_inference_log(ctx:RunContext, cfg:EnvConfig,
                           mlflow_run_id:str,     # the monitor step's MLflow run, recorded on every row
                           log_table:str=None,    # default: the env's inference log
                           batch_rows:int=None,   # log rows read at once (default BATCH_ROWS)
                           baselines:dict=None,   # as for monitor_predictions
+                          read=None,             # as for monitor_predictions
                          ) -> MonitorResult:
     "Monitor the online requests the inference log gained since the last monitor run, into `<log>_profile_metrics` and `<log>_drift_metrics`; skipped when there is no log."
     table = cfg.qualify(log_table or cfg.inference_log_table)
@@ -296,4 +287,4 @@ def monitor_inference_log(ctx:RunContext, cfg:EnvConfig,
     if not table_exists(table):
         res.note = f"no inference log {table}: nothing was served online in env {cfg.env}; skipped"
         return res
-    return _monitor_table(ctx, cfg, res, _log_frames, mlflow_run_id, batch_rows, baselines)
+    return _monitor_table(ctx, cfg, res, read or arrow_reader(_log_frames), mlflow_run_id, batch_rows, baselines)

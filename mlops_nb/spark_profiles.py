@@ -10,7 +10,7 @@ from .profiles import PROFILE_FORMAT, PROFILE_VERSION, check_profile, require_co
 
 # %% auto #0
 __all__ = ['profiled_columns', 'bin_splits', 'finite_double', 'category_code', 'centre', 'column_entries', 'aggregate_bins',
-           'numeric_from_bins', 'categorical_from_bins', 'group_keys', 'spark_profile_on', 'slice_text',
+           'numeric_from_bins', 'categorical_from_bins', 'group_keys', 'spark_profile_on', 'slice_text', 'with_slices',
            'spark_slice_profiles']
 
 # %% ../nbs/06e_spark_profiles.ipynb #34a5eaab
@@ -179,11 +179,14 @@ def slice_text(sdf, col:str):
     text = F.when(c, F.lit("True")).otherwise(F.lit("False")) if boolean else c.cast("string")
     return F.coalesce(text, F.lit(":null"))
 
-def spark_slice_profiles(baseline:dict, sdf, group_cols:list, slice_columns:list, score:str=None, columns:list=None) -> dict:
-    "{(*group values, slice key, slice value): profile}: each group's rows (`:all`, `:all`), then each value of each slice column."
+def with_slices(sdf, slice_columns:list):
+    "`sdf` with each row once per slice it is in, named by `__slice_key` and `__slice_value`: (`:all`, `:all`), then (column, its value) per slice column."
     from pyspark.sql import functions as F
     require_columns(sdf, list(slice_columns), "the slices")
     slices = [F.struct(F.lit(k).alias("__slice_key"), v.alias("__slice_value"))
               for k, v in [(":all", F.lit(":all")), *[(c, slice_text(sdf, c)) for c in slice_columns]]]
-    exploded = sdf.select("*", F.inline(F.array(*slices)))
-    return spark_profile_on(baseline, exploded, [*group_cols, "__slice_key", "__slice_value"], score, columns)
+    return sdf.select("*", F.inline(F.array(*slices)))
+
+def spark_slice_profiles(baseline:dict, sdf, group_cols:list, slice_columns:list, score:str=None, columns:list=None) -> dict:
+    "{(*group values, slice key, slice value): profile}: each group's rows (`:all`, `:all`), then each value of each slice column."
+    return spark_profile_on(baseline, with_slices(sdf, slice_columns), [*group_cols, "__slice_key", "__slice_value"], score, columns)
