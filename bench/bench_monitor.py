@@ -13,6 +13,10 @@ build's memory is in the build child, never in the measured one.
 
     .venv/bin/python bench/bench_monitor.py                      # 1,000,000 and 20,000,000 rows (make bench)
     .venv/bin/python bench/bench_monitor.py --rows 2000000       # one size
+    .venv/bin/python bench/bench_monitor.py --spark-rows 0       # without the Spark engine's run
+The Spark engine (`monitor_engine = "spark"`, the Databricks one, here on the local Spark) monitors the same home
+too, at the sizes of --spark-rows (default 1,000,000), into tables of its own; its rows, windows and labelled rows
+must equal the Arrow engine's.
 Environment: BENCH_MONITOR_ROWS (comma-separated sizes, as --rows), BENCH_MONITOR_BATCH (rows per batch; default
 the module's). The build takes about a minute per 10,000,000 rows and about 1 GB of disk per 10,000,000.
 """
@@ -85,17 +89,20 @@ def build(rows: int):
         write_table(pa.table({"id": t["id"].filter(pa.array(half)), "label": y[half],
                               "labeled_at": pa.array(at[half] + np.timedelta64(3600, "s").astype("timedelta64[us]"), ts)}), labels)
 
-def run():
-    "In a child: the real monitor step's table work on the home; its figures as JSON."
+def run(engine: str = "arrow"):
+    "In a child: the real monitor step's table work on the home, on `engine`; its figures as JSON."
     t0 = time.perf_counter()
     from mlops_nb.config import load_config
     from mlops_nb.context import RunContext
     from mlops_nb.monitoring import monitor_predictions
-    cfg = load_config("dev", slice_columns=["plan"])
+    from mlops_nb.spark_monitoring import spark_prediction_reader
+    spark = engine == "spark"
+    cfg = load_config("dev", slice_columns=["plan"], monitor_engine=engine,
+                      **({"profile_metrics_table": "spark_profile_metrics", "drift_metrics_table": "spark_drift_metrics"} if spark else {}))
     ctx = RunContext("dev", "bench", "local-20261202T000000-bench0", "monitor", "0" * 40, "false")
     batch = int(os.environ["BENCH_MONITOR_BATCH"]) if os.environ.get("BENCH_MONITOR_BATCH") else None
     t = time.perf_counter()
-    res = monitor_predictions(ctx, cfg, "bench-monitor-run", batch_rows=batch)
+    res = monitor_predictions(ctx, cfg, "bench-monitor-run", batch_rows=batch, read=spark_prediction_reader if spark else None)
     took = time.perf_counter() - t
     hwm = [int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM")] or [float("nan")]
     print(json.dumps({"rows": res.rows, "batches": res.batches, "windows": res.windows, "seconds": took, "with_imports": time.perf_counter() - t0,
@@ -109,27 +116,37 @@ def child(what: str, home: str, *args) -> str:
     if r.returncode: sys.exit(f"the {what} child failed:\n{r.stderr[-4000:]}")
     return r.stdout
 
-def measure(rows: int) -> dict:
+def measure(rows: int, spark: bool) -> dict:
     home = tempfile.mkdtemp(prefix="bench-monitor-")
     try:
         t = time.perf_counter(); child("--build", home, str(rows)); built = time.perf_counter() - t
         out = json.loads(child("--run", home).strip().splitlines()[-1])
-        return {**out, "build_seconds": built}
+        on_spark = json.loads(child("--run", home, "spark").strip().splitlines()[-1]) if spark else None
+        return {**out, "build_seconds": built, "spark": on_spark}
     finally: shutil.rmtree(home, ignore_errors=True)
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default=os.environ.get("BENCH_MONITOR_ROWS", "1000000,20000000"), help="comma-separated sizes")
-    sizes = [int(s) for s in ap.parse_args().rows.split(",") if s]
+    ap.add_argument("--spark-rows", default=os.environ.get("BENCH_MONITOR_SPARK_ROWS", "1000000"),
+                    help="comma-separated sizes also monitored on the Spark engine (0: none)")
+    args = ap.parse_args()
+    sizes, spark_sizes = [int(s) for s in args.rows.split(",") if s], {int(s) for s in args.spark_rows.split(",") if s}
     t0, rows, ok = time.perf_counter(), [], True
     for n in sizes:
-        m = measure(n)
+        m = measure(n, n in spark_sizes)
         good = m["rows"] == n and (m["rss_mib"] < 2048 if n >= 20_000_000 else True)
         ok &= good
         rows.append((f"monitor_predictions: {n:,} predictions", f"{m['seconds']:.0f} s, peak RSS {m['rss_mib']:.0f} MiB (VmHWM {m['hwm_mib']:.0f})",
                      "< 2048 MiB" if n >= 20_000_000 else "for the record", "OK" if good else "MISSED"))
         rows.append((f"  {m['batches']} batches, {m['windows']} (window, version) pairs", f"{m['profile_rows']} profile, {m['drift_rows']} drift rows",
                      f"{m['labeled']:,} labelled", f"build {m['build_seconds']:.0f} s"))
+        if m["spark"]:
+            sp = m["spark"]
+            same = all(sp[k] == m[k] for k in ("rows", "windows", "profile_rows", "drift_rows", "labeled"))
+            ok &= same
+            rows.append((f"  the Spark engine, the same {n:,} predictions", f"{sp['seconds']:.0f} s ({sp['seconds'] / m['seconds']:.1f}x), driver RSS {sp['hwm_mib']:.0f} MiB",
+                         "the same rows", "OK" if same else "MISSED"))
     print("monitor at scale: daily windows over 20 appends, 2 model versions, slices :all and plan (3 values), half the labels arrived")
     w = max(len(r[0]) for r in rows)
     for m, fig, target, verdict in rows: print(f"  {m:<{w}} | {fig:<44} | {target:<16} | {verdict}")
@@ -139,5 +156,5 @@ def main():
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--build"]: build(int(sys.argv[2]))
-    elif sys.argv[1:2] == ["--run"]: run()
+    elif sys.argv[1:2] == ["--run"]: run(*sys.argv[2:3])
     else: main()
