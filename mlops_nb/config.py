@@ -13,8 +13,7 @@ from .alert_rules import DEFAULT_ALERT_RULES, parse_rules
 
 # %% auto #0
 __all__ = ['ENVS', 'SECRET_SETTINGS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig',
-           'setting_problem', 'check_settings', 'overrides_for', 'load_config', 'overrides_toml', 'command_line',
-           'lock_holder', 'EnvBusy', 'env_lock']
+           'setting_problem', 'check_settings', 'overrides_for', 'load_config', 'overrides_toml']
 
 # %% ../nbs/01_config.ipynb #09827efe
 ENVS = ("dev", "staging", "prod")
@@ -249,42 +248,3 @@ def _toml_value(v) -> str:
 def overrides_toml(env:str, values:dict) -> str:
     "TOML text setting `values` for `env`, for a file `$MLOPS_NB_CONFIG` names; secret settings are left out (never in a file)."
     return f"[{env}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if k not in SECRET_SETTINGS)
-
-# %% ../nbs/01_config.ipynb #42379722
-import contextlib, fcntl, platform, sys
-
-def command_line() -> str:
-    "This process's command, short: `mlops-nb run --steps train`."
-    return " ".join([Path(sys.argv[0]).name] + sys.argv[1:])[:300] if sys.argv and sys.argv[0] else f"python pid {os.getpid()}"
-
-def lock_holder(path:Path) -> str:
-    "Who holds the lock file `path`, as its holder wrote it."
-    try: h = json.loads(Path(path).read_text() or "{}")
-    except (OSError, ValueError): h = {}
-    if not isinstance(h, dict) or not h.get("pid"): return "another process (it has not yet written its name into the lock file)"
-    return f"`{h.get('command', '?')}` (pid {h['pid']} on {h.get('host', '?')}, since {h.get('since', '?')})"
-
-class EnvBusy(MlopsNbError):
-    "Another process holds the env's lock."
-
-@contextlib.contextmanager
-def env_lock(env:str, wait_seconds:float=0):
-    "Hold the lock of `env` (its file names the holder); when another process holds it, wait up to `wait_seconds`, then fail naming the holder."
-    import time
-    from mlops_nb.core import utc_now
-    d = mlops_home()/"locks"; d.mkdir(parents=True, exist_ok=True)
-    path, deadline = d/f"{env}.lock", time.monotonic() + wait_seconds
-    with open(path, "a+") as f:
-        while True:
-            try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB); break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise EnvBusy(f"env {env} is locked by {lock_holder(path)} (lock file {path}); wait for it to finish, "
-                                  f"then try again") from None
-                time.sleep(min(1.0, max(deadline - time.monotonic(), 0.01)))
-        try:
-            f.truncate(0); f.write(json.dumps({"command": command_line(), "pid": os.getpid(), "host": platform.node(), "since": utc_now()})); f.flush()
-            yield
-        finally:
-            f.truncate(0); f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)

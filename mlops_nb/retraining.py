@@ -6,7 +6,8 @@
 from __future__ import annotations
 import sys
 from .core import StepFailed
-from .config import EnvBusy, load_config
+from .config import load_config
+from .env_lock import EnvBusy
 from .lakehouse import table_exists, update_table
 from .runner import JobRun, StepResult, run_pipeline
 

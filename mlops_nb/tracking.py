@@ -7,7 +7,8 @@ from __future__ import annotations
 import contextlib, hashlib, json, os, platform, sys
 from pathlib import Path
 import pandas as pd
-from .config import EnvConfig, on_databricks, mlops_home, command_line, env_lock
+from .config import EnvConfig, on_databricks, mlops_home
+from .env_lock import command_line, env_lock
 from .mlflow_store import configure_mlflow
 from .context import RunContext, dirty_files, pipelines_dir, get_dbutils
 

@@ -26,7 +26,7 @@ def test_reset_demo_removes_only_what_mlops_nb_wrote(tmp_path):
 
 
 def test_reset_demo_refuses_while_a_command_holds_the_lock(tmp_path):
-    from mlops_nb.config import env_lock
+    from mlops_nb.env_lock import env_lock
     (tmp_path/"mlflow.db").write_text("x")
     with env_vars(MLOPS_NB_HOME=str(tmp_path), MLFLOW_TRACKING_URI=None), env_lock("staging"):
         with pytest.raises(MlopsNbError, match="env staging is locked by"): reset_demo.reset_home()

@@ -8,7 +8,8 @@ a command holds an env's lock.
 from __future__ import annotations
 import argparse, contextlib, os, shutil, sys
 from mlops_nb.core import MlopsNbError
-from mlops_nb.config import ENVS, env_lock, home_source, load_config
+from mlops_nb.config import ENVS, home_source, load_config
+from mlops_nb.env_lock import env_lock
 
 # what mlops-nb writes in a home (the locks stay: a lock file is empty when nobody holds it)
 REMOVED = {"mlflow.db": "the MLflow tracking and registry store", "artifacts": "the MLflow artifacts",
