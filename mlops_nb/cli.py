@@ -5,7 +5,7 @@
 # %% ../nbs/11_cli.ipynb #ead49e91
 from __future__ import annotations
 import argparse, importlib, json, sys
-from .core import MlopsNbError, StepFailed
+from .core import MlopsNbError, ParameterError, StepFailed
 
 # %% auto #0
 __all__ = ['ENV_CHOICES', 'cmd_env', 'cmd_demo_data', 'cmd_run', 'command', 'json_flag', 'add_pipeline_commands',
@@ -35,9 +35,12 @@ def cmd_demo_data(a) -> int:
 
 def cmd_run(a) -> int:
     "Run the pipeline notebooks as one job run; after a monitor step, the retraining its alert asks for."
-    from mlops_nb.runner import PIPELINE_STEPS, run_pipeline, parse_params, format_summary
+    from mlops_nb.runner import PIPELINE_STEPS, run_pipeline, parse_params
+    from mlops_nb.job_runs import format_summary
     from mlops_nb.retraining import run_retraining
-    try: job = run_pipeline(a.env, a.steps or PIPELINE_STEPS, parse_params(a.param), quiet=False)
+    if a.resume and (a.steps or a.param):
+        raise ParameterError(f"--resume {a.resume}: runs the job run's own steps and parameters; drop --steps and --param")
+    try: job = run_pipeline(a.env, a.steps or PIPELINE_STEPS, parse_params(a.param), quiet=False, resume=a.resume)
     except StepFailed as e:
         print(json.dumps(e.job.to_dict(), indent=2) if a.json else format_summary(e.job))
         raise
@@ -75,7 +78,8 @@ def add_pipeline_commands(sub):
     d.add_argument("--drift-training", action="store_true", help="drift the training table too")
     r = command(sub, "run", "cli:cmd_run", "run the pipeline notebooks as one job run")
     r.add_argument("--steps", default=None, help="comma-separated, from explore,train,evaluate,score,monitor (default: the first four, in order)")
-    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more")
+    r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more (model_types=logreg,hgb: one train task per type)")
+    r.add_argument("--resume", default=None, metavar="JOB_RUN_ID", help="run the tasks of that job run that did not succeed again, in the same job run (as a Databricks repair)")
     json_flag(r)
 
 # %% ../nbs/11_cli.ipynb #5752ce2b

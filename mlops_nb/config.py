@@ -69,6 +69,7 @@ class _RunSettings:
     keys: list = field(default_factory=lambda: ["id"])  # columns that identify a row; passed through scoring
     features: list = field(default_factory=list)  # feature columns; empty = every column but label and keys
     model_type: str = "hgb"                   # default model type of train
+    model_types: list = field(default_factory=list)  # several: one train task per type (train_<type>) in a job run; empty: [model_type]
     seed: int = 42                            # seed of every random choice in training
     holdout_fraction: float = 0.2             # share of rows kept out of training, chosen by key hash
     min_auc: float = 0.6                      # a candidate below this AUC on held-out data is not valid
@@ -87,31 +88,30 @@ class _DerivedNames:
     def catalog(self) -> str:
         "The Unity Catalog catalog of this env: the env's name."
         return self.env
-
     @property
     def registered_model(self) -> str:
         "The three-level registered model name, `catalog.schema.model`."
         return self.qualify(self.model)
-
     @property
     def experiment_name(self) -> str:
         "The MLflow experiment every step of this env logs to."
         return self.experiment or f"/Shared/mlops-nb/{self.env}"
-
     @property
     def workspace_repo_path(self) -> str:
         "The env's workspace Git folder, where its jobs' notebooks live."
         return self.repo_path or f"/Repos/{self.env}/mlops-nb"
-
     @property
     def pipeline_job_name(self) -> str:
         "The name of the env's pipeline job (train, evaluate, score)."
         return self.pipeline_job or f"mlops-nb-{self.env}-pipeline"
-
     @property
     def scoring_job_name(self) -> str:
         "The name of the env's scoring-only job."
         return self.scoring_job or f"mlops-nb-{self.env}-scoring"
+    @property
+    def candidate_model_types(self) -> list:
+        "The model types a job run trains: `model_types`, else `[model_type]`."
+        return list(self.model_types or [self.model_type])
     @property
     def monitoring_job_name(self) -> str:
         "The name of the env's monitoring job (monitor, then the pipeline job when the monitor asks for retraining)."
@@ -147,6 +147,10 @@ class EnvConfig(_RunSettings, _DerivedNames):
     monitor_cron: str = "0 0 7 * * ?"         # quartz cron of the monitoring job
     timezone: str = "UTC"                     # time zone of the jobs' schedules
     schedule_paused: bool = True              # schedules start paused (prod: unpaused)
+    # notifications (the jobs' email_notifications and webhook_notifications; locally the alert webhook)
+    notify_emails: list = field(default_factory=list)  # addresses the jobs e-mail when a run fails (never logged)
+    notify_webhook_ids: list = field(default_factory=list)  # Databricks notification destination ids told when a run fails
+    on_validation_failure: str = "continue"   # no candidate passed validation: continue (a task value says so) or fail the task
 
 # %% ../nbs/01_config.ipynb #23271f72
 import math
@@ -166,6 +170,9 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: v.strip() != "", "a non-empty string") for k in ("schema", "model", "training_table", "scoring_table",
        "predictions_table", "label", "inference_log_table", "model_type", "spark_version", "node_type_id", "timezone")},
     "keys": (lambda v: len(v) > 0, "a non-empty list of column names"),
+    "model_types": (lambda v: len(v) > 0 and len(set(v)) == len(v) and all(t.strip() for t in v), "a non-empty list of model types, each once"),
+    "notify_emails": (lambda v: all("@" in e and not any(ch.isspace() for ch in e) for e in v), "a list of e-mail addresses"),
+    "on_validation_failure": (lambda v: v in ("continue", "fail"), "continue or fail"),
     "slice_floors": (lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v.values()),
                      "a table of column = number from 0 to 1"),
 }
@@ -177,7 +184,7 @@ _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: 
           "list[dict]": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of tables")}
 
 # %% ../nbs/01_config.ipynb #f9931549
-SECRET_SETTINGS = ("alert_webhook_url",)  # never printed: `mlops-nb env` says "set"
+SECRET_SETTINGS = ("alert_webhook_url", "notify_emails")  # never printed: `mlops-nb env` says "set"
 
 def setting_problem(name:str, value) -> str:
     "What is wrong with `value` for the setting `name` ('' when nothing): its `EnvConfig` type, then its range."

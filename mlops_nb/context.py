@@ -73,12 +73,14 @@ _PARAM_KINDS = {  # kind: (test of a given value, what a valid value is)
     "name": (lambda s: s.strip() != "", lambda: "a column name"),
     "names": (lambda s: all(n.strip() for n in s.split(",")), lambda: "column names separated by commas"),
     "model_type": (lambda s: s in MODEL_TYPES, lambda: f"one of {', '.join(MODEL_TYPES)}"),
+    "model_types": (lambda s: (ts := [t.strip() for t in s.split(",")]) and all(t in MODEL_TYPES for t in ts) and len(set(ts)) == len(ts),
+                    lambda: f"model types separated by commas, each once, each one of {', '.join(MODEL_TYPES)}"),
     "word": (lambda s: s.strip() != "" and not any(ch.isspace() for ch in s.strip()), lambda: "one word (no spaces)"),
 }
 
 # %% ../nbs/02_context.ipynb #6f5461c3
 STEP_PARAMS = {  # every parameter of the pipeline notebooks beyond the run context: its kind
-    "model_type": "model_type", "register": "flag", "n_boot": "count",
+    "model_type": "model_type", "model_types": "model_types", "register": "flag", "n_boot": "count",
     "training_table": "table", "scoring_table": "table", "predictions_table": "table",
     "training_version": "version", "scoring_version": "version",
     "label": "name", "keys": "names", "features": "names",

@@ -119,7 +119,7 @@ import signal, time
 
 FAILPOINT_ENV = "MLOPS_NB_FAILPOINT"
 FAILPOINTS = ("move_champion.before_history", "move_champion.after_history", "move_champion.after_alias",
-              "move_champion.after_tags", "start_step_run.after_start")
+              "move_champion.after_tags", "start_step_run.after_start", "train.after_register")
 
 def failpoint(name:str):
     "Die (SIGKILL) or sleep here when `$MLOPS_NB_FAILPOINT` names this point: the hook of the kill tests."

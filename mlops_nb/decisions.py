@@ -38,7 +38,7 @@ def decision_summary(rec:dict,       # evaluate's decision record (evaluation/de
                      env:str,        # the env evaluate ran for
                      required:float, # the env's promote_win_rate
                     ) -> dict:
-    "What evaluate decided and why: {outcome, summary, challenger, champion_before, champion_after, win_rate, auc_diff, refused, promote_command}."
+    "What evaluate decided and why: {outcome, summary, challenger, champion_before, champion_after, win_rate, auc_diff, refused, promote_command, candidates}."
     cmp, before, ch = rec.get("compared") or {}, rec.get("champion_before"), rec.get("challenger")
     d = {"outcome": rec.get("outcome", "none"), "challenger": ch, "champion_before": before, "champion_after": rec.get("champion_after"),
          "against": cmp.get("against"), "win_rate": cmp.get("win_rate"), "required_win_rate": required, "auc_diff": cmp.get("auc_diff"),
@@ -57,5 +57,8 @@ def decision_summary(rec:dict,       # evaluate's decision record (evaluation/de
     else: s = f"no candidates to evaluate; champion stays version {before or 'none'}"
     refused = "; ".join(f"version {r['version']} (failed " + ", ".join(f"{f['check']}: {f['detail'][:160]}" for f in r["failed"]) + ")"
                         for r in d["refused"])
-    d["summary"] = s + (f"; refused {refused}" if refused else "")
+    d["candidates"] = [{k: r.get(k) for k in ("version", "model_type", "auc", "verdict")} for r in rec.get("candidates", [])]
+    others = "; ".join(f"version {r['version']} ({r['model_type']}) {r['verdict']}" for r in d["candidates"]
+                       if (r.get("verdict") or "").startswith("lost to"))  # the ones the best beat (refused ones: below)
+    d["summary"] = s + (f"; {others}" if others else "") + (f"; refused {refused}" if refused else "")
     return d

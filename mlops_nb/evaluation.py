@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json
 from dataclasses import dataclass, field, asdict
-from .core import utc_now
+from .core import MlopsNbError, utc_now
 from .config import EnvConfig
 from .context import RunContext
 from .registry import get_alias, find_candidates
@@ -16,7 +16,7 @@ from .validation import Validation, validate_candidate, load_scorer, predict_pos
 from .tracking import data_fingerprint, log_dataset
 
 # %% auto #0
-__all__ = ['decide', 'rule_of', 'Decision', 'evaluate_candidates']
+__all__ = ['decide', 'rule_of', 'Decision', 'job_candidates', 'rank_candidates', 'ValidationFailed', 'evaluate_candidates']
 
 # %% ../nbs/08_evaluation.ipynb #5c0dc4d5
 def decide(cmp:Comparison, cfg:EnvConfig) -> tuple[str, str]:
@@ -42,7 +42,8 @@ class Decision:
     "What evaluate decided and why: the JSON decision record."
     model_name: str
     rule: str = ""
-    candidates: list = field(default_factory=list)   # [Validation.record()]
+    candidates: list = field(default_factory=list)   # [Validation.record() with model_type, job_run_id and verdict]
+    candidates_from: str = ""                         # task values of the train tasks, or the candidate tags
     champion_before: str|None = None
     champion_after: str|None = None
     challenger: str|None = None
@@ -66,11 +67,11 @@ def _record_verdict(client, name:str, version, run_id:str, verdict:str):
     line = f"evaluate run {run_id}: validation {status}; {verdict}"
     client.update_model_version(name, str(version), description=f"{mv.description or ''}\n\n{line}".strip())
 
-def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
-    "Validate every candidate, tag it and log its results; return the validations."
+def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str, candidates:list) -> list:
+    "Validate every candidate (model versions), tag it and log its results; return the validations."
     import mlflow
     out = []
-    for mv in find_candidates(client, cfg.registered_model):
+    for mv in candidates:
         _tag_version(client, mv.name, mv.version, model_validation_status="PENDING")
         v = validate_candidate(client, cfg, mv)
         mlflow.log_dict(v.record(), f"validation/version_{v.version}.json")
@@ -80,8 +81,42 @@ def _validate_all(client, cfg:EnvConfig, dec:Decision, run_id:str) -> list:
         if v.failed:  # refused: the version keeps why, though it gets no alias
             why = "; ".join(f"{c.name}: {c.detail}" if c.detail else c.name for c in v.checks if not c.passed)
             _record_verdict(client, mv.name, mv.version, run_id, f"refused, failed validation ({why})")
-        dec.candidates.append(v.record())
+        dec.candidates.append(v.record() | {"model_type": mv.tags.get("model_type", ""), "job_run_id": mv.tags.get("DBR_RUN_ID", "")})
         out.append(v)
+    return out
+
+# %% ../nbs/08_evaluation.ipynb #c4980017
+def _task_value(tv, task_key:str, key:str) -> str:
+    "A task value of an earlier task of this job run, '' when it has none (or outside a job run)."
+    try: return str(tv.get(taskKey=task_key, key=key, default="", debugValue="") or "")
+    except Exception: return ""   # outside a job run dbutils raises (TypeError); a task that set nothing: ValueError
+
+def job_candidates(client, cfg:EnvConfig, model_types:list=None) -> tuple[list, str]:
+    "The model versions to evaluate and where they came from: the job run's train task values, else the candidate tags."
+    from mlops_nb.context import get_dbutils
+    from mlops_nb.training import train_tasks
+    tv = getattr(getattr(get_dbutils(), "jobs", None), "taskValues", None)
+    if tv is not None:
+        found = {k: _task_value(tv, k, "model_version") for k in train_tasks(model_types or cfg.candidate_model_types)}
+        if any(found.values()):
+            mvs = [client.get_model_version(cfg.registered_model, v) for v in found.values() if v]
+            return [mv for mv in mvs if mv.tags.get("candidate") == "true"], "task values of " + ", ".join(k for k, v in found.items() if v)
+    return find_candidates(client, cfg.registered_model), "the versions tagged candidate=true"
+
+# %% ../nbs/08_evaluation.ipynb #f00d180a
+def rank_candidates(vals:list, best:Validation|None, cfg:EnvConfig, n_boot:int) -> dict:
+    "Why each candidate won or lost, {version: verdict}."
+    import numpy as np
+    passing, out = [v for v in vals if v.status == "PASSED"], {}
+    for v in vals:
+        if v.status != "PASSED": out[v.version] = f"lost: failed validation ({', '.join(v.failed)})"
+        elif v is best: out[v.version] = f"won: the best held-out AUC {v.auc:.4f} of {len(passing)} passing candidate(s); compared with the champion"
+        elif v.heldout.source == best.heldout.source and np.array_equal(v.heldout.y, best.heldout.y):
+            cmp = compare_auc(v.heldout.y, best.proba, v.proba, cfg.baseline_auc, n_boot, cfg.seed)
+            out[v.version] = (f"lost to version {best.version}: AUC {v.auc:.4f} vs {best.auc:.4f}, difference {-cmp.auc_diff:+.4f} "
+                              f"(95% interval {-cmp.diff_ci95[1]:+.4f} to {-cmp.diff_ci95[0]:+.4f}); version {best.version} wins "
+                              f"{cmp.win_rate:.1%} of {cmp.n_boot} paired resamples")
+        else: out[v.version] = f"lost to version {best.version}: AUC {v.auc:.4f} vs {best.auc:.4f} (different held-out rows: not paired)"
     return out
 
 # %% ../nbs/08_evaluation.ipynb #fd8ad9d1
@@ -127,14 +162,43 @@ def _judge_best(client, ctx:RunContext, cfg:EnvConfig, dec:Decision, best:Valida
         dec.promoted = True
 
 # %% ../nbs/08_evaluation.ipynb #87af7ec0
+class ValidationFailed(MlopsNbError):
+    "No candidate passed validation, in an env whose `on_validation_failure` is `fail`: the evaluate task fails (and notifies)."
+
+def _promoted_by(cfg:EnvConfig, job_run_id:str) -> dict|None:
+    "The champion move evaluate made in job run `job_run_id` (a repair or a resume runs evaluate again), or None."
+    from mlops_nb.registry import champion_history
+    return next((r for r in champion_history(cfg) if r["job_run_id"] == job_run_id and r["trigger"] == "evaluate"), None)
+
+def _decide(client, ctx:RunContext, cfg:EnvConfig, dec:Decision, champ, n_boot:int, run_id:str, model_types) -> tuple[list, list]:
+    "Validate the job run's candidates, say why each won or lost, judge the best against `champ` (into `dec`); (validations, passing)."
+    if (moved := _promoted_by(cfg, ctx.run_id)) is not None:
+        dec.reason = (f"job run {ctx.run_id} already promoted version {moved['to_version']} (champion history row {moved['seq']}); "
+                      f"evaluate moves no alias twice")
+        return [], []
+    cands, dec.candidates_from = job_candidates(client, cfg, model_types)
+    vals = _validate_all(client, cfg, dec, run_id, cands)
+    passing = [v for v in vals if v.status == "PASSED"]
+    best = max(passing, key=lambda v: (v.auc, int(v.version))) if passing else None
+    why = rank_candidates(vals, best, cfg, n_boot)
+    for r in dec.candidates: r["verdict"] = why[r["version"]]
+    if not vals: dec.reason = "no candidates: nothing to evaluate"
+    elif not passing:
+        dec.reason = "no candidate passed validation: " + "; ".join(f"version {v.version} failed {', '.join(v.failed)}" for v in vals)
+    else: _judge_best(client, ctx, cfg, dec, best, champ, n_boot, run_id)
+    return vals, passing
+
+# %% ../nbs/08_evaluation.ipynb #25651d09
 def evaluate_candidates(ctx:RunContext, # the run this step belongs to
                         cfg:EnvConfig,  # the env's settings (thresholds, rule, approval)
                         n_boot=None,    # bootstrap resamples; default the env's n_boot
+                        model_types=None, # the job run's model types (its train tasks); default the env's
                        ) -> Decision:
-    "Validate the candidates, compare the best with the champion and promote it (or stop at challenger) by the env's rule."
+    "Validate the candidates, compare them, compare the best with the champion and promote it (or stop at challenger) by the env's rule."
     import mlflow
     from mlops_nb.tracking import start_step_run, set_step_outputs, finish_step_run
     from mlops_nb.mlflow_store import configure_mlflow
+    from mlops_nb.training_data import split_list
     n_boot = check_n_boot(n_boot if n_boot not in (None, "") else cfg.n_boot)
     run = start_step_run(ctx, cfg, {"min_auc": cfg.min_auc, "promote_win_rate": cfg.promote_win_rate, "baseline_auc": cfg.baseline_auc,
                                     "n_boot": n_boot, "seed": cfg.seed, "require_approval": cfg.require_approval,
@@ -142,17 +206,16 @@ def evaluate_candidates(ctx:RunContext, # the run this step belongs to
     client, name = configure_mlflow(cfg), cfg.registered_model
     champ = get_alias(client, name, "champion")
     dec = Decision(name, rule_of(cfg, n_boot), champion_before=str(champ.version) if champ else None, mlflow_run_id=run.info.run_id)
-    vals = _validate_all(client, cfg, dec, run.info.run_id)
-    passing = [v for v in vals if v.status == "PASSED"]
-    if not vals: dec.reason = "no candidates: nothing to evaluate"
-    elif not passing:
-        dec.reason = "no candidate passed validation: " + "; ".join(f"version {v.version} failed {', '.join(v.failed)}" for v in vals)
-    else: _judge_best(client, ctx, cfg, dec, max(passing, key=lambda v: (v.auc, int(v.version))), champ, n_boot, run.info.run_id)
+    vals, passing = _decide(client, ctx, cfg, dec, champ, n_boot, run.info.run_id, split_list(model_types))
     now = get_alias(client, name, "champion")
     dec.champion_after = str(now.version) if now else None
     mlflow.log_dict(asdict(dec), "evaluation/decision.json")
     mlflow.log_metrics({"candidates": len(vals), "passed": len(passing), "promoted": int(dec.promoted)})
     mlflow.set_tags({"evaluation_outcome": dec.outcome, "challenger_version": dec.challenger or ""})
-    set_step_outputs(champion_version=dec.champion_after or "", promoted=str(dec.promoted).lower())
+    failed = bool(vals) and not passing
+    set_step_outputs(champion_version=dec.champion_after or "", promoted=str(dec.promoted).lower(), validation_failed=str(failed).lower())
+    if failed and cfg.on_validation_failure == "fail":
+        finish_step_run("FAILED")
+        raise ValidationFailed(f"{dec.reason}; env {cfg.env} fails the evaluate task when no candidate passes (on_validation_failure = fail)")
     finish_step_run()
     return dec

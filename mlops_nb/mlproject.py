@@ -54,7 +54,8 @@ def run_entry_point(env:str, steps:str, params:dict=None):
 # %% ../nbs/10a_mlproject.ipynb #13d6e300
 def main(argv=None) -> int:
     "`--env ENV --steps S [--param K=V ...]`: what the MLproject's entry points run."
-    from mlops_nb.runner import parse_params, format_summary
+    from mlops_nb.runner import parse_params
+    from mlops_nb.job_runs import format_summary
     p = argparse.ArgumentParser(prog="mlops_nb.mlproject", description="an MLproject entry point: run pipeline steps")
     p.add_argument("--env", default="dev")
     p.add_argument("--steps", required=True, help="comma-separated steps")

@@ -9,7 +9,8 @@ from .core import StepFailed
 from .config import load_config
 from .env_lock import EnvBusy
 from .lakehouse import table_exists, update_table
-from .runner import JobRun, StepResult, run_pipeline
+from .job_runs import JobRun, StepResult
+from .runner import run_pipeline
 
 # %% auto #0
 __all__ = ['RETRAIN_STEPS', 'retrain_params', 'record_outcome', 'run_retraining']

@@ -5,7 +5,6 @@
 # %% ../nbs/10_runner.ipynb #0c4e363a
 from __future__ import annotations
 import json, re, sys, time
-from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from .core import ParameterError, StepFailed, new_job_run_id
 from .config import EnvConfig, load_config, mlops_home
@@ -13,12 +12,12 @@ from .mlflow_store import configure_mlflow
 from .context import RunContext, git_info, pipelines_dir
 from .tracking import locked_env, log_notebook
 from .kernels import kernel_spec, stop_kernels, stop_on_signals
-from .decisions import read_decision, decision_summary
+from .job_runs import StepResult, JobRun, job_run_file, read_job_run, summarise
 
 # %% auto #0
 __all__ = ['STEPS', 'PIPELINE_STEPS', 'CONTEXT_PARAMS', 'step_notebook', 'parse_steps', 'parse_params', 'step_parameters',
-           'check_params', 'StepResult', 'JobRun', 'step_context', 'find_step_run', 'where_it_raised', 'run_step',
-           'run_pipeline', 'format_summary']
+           'check_params', 'step_context', 'find_step_run', 'where_it_raised', 'run_step', 'model_types_of',
+           'job_tasks', 'notify_failure', 'run_pipeline']
 
 # %% ../nbs/10_runner.ipynb #9090cf71
 STEPS = ("explore", "train", "evaluate", "score", "monitor")
@@ -84,41 +83,11 @@ def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     if "monitor" in steps and "score" not in steps: open_delta(tbl("predictions_table", cfg.predictions_table))  # what it reads
     return {s: {k: v for k, v in params.items() if k in declared[s]} for s in steps}
 
-# %% ../nbs/10_runner.ipynb #2b11ab6a
-@dataclass
-class StepResult:
-    "How one step went."
-    name: str
-    status: str = "SKIPPED"     # SUCCEEDED, FAILED or SKIPPED
-    seconds: float = 0.0
-    output_notebook: str = ""
-    mlflow_run_id: str = ""
-    outputs: dict = field(default_factory=dict)
-    error: str = ""
-
-@dataclass
-class JobRun:
-    "One run of the pipeline, as `mlops-nb run --json` prints it."
-    job_run_id: str
-    job_id: str
-    env: str
-    git_sha: str
-    git_dirty: bool
-    steps: list = field(default_factory=list)
-    model: dict = field(default_factory=dict)
-    champion: dict = field(default_factory=dict)
-    decision: dict = field(default_factory=dict)   # what evaluate decided and why (`decision_summary`)
-    predictions: dict = field(default_factory=dict)
-    status: str = "RUNNING"
-    seconds: float = 0.0
-
-    def to_dict(self) -> dict: return asdict(self)
-
 # %% ../nbs/10_runner.ipynb #c38f49cd
-def step_context(job:JobRun, step:str) -> RunContext:
-    "The run context of `step` in `job`: the parameters its notebook is given, and what a run started for it records."
+def step_context(job:JobRun, task_key:str) -> RunContext:
+    "The run context of task `task_key` in `job`: the parameters its notebook is given, and what a run started for it records."
     from mlops_nb.context import resolve_context
-    return resolve_context(env=job.env, job_id=job.job_id, run_id=job.job_run_id, task_key=step, git_sha=job.git_sha,
+    return resolve_context(env=job.env, job_id=job.job_id, run_id=job.job_run_id, task_key=task_key, git_sha=job.git_sha,
                            git_dirty="true" if job.git_dirty else "false", cwd=pipelines_dir())
 
 def find_step_run(client, cfg:EnvConfig, job_run_id:str, step:str):
@@ -197,90 +166,113 @@ def _log_step(client, cfg:EnvConfig, ctx:RunContext, params:dict, res:StepResult
 
 def run_step(step:str, job:JobRun, params:dict, out_dir:Path,
              cfg:EnvConfig=None, # the env's settings; default: loaded for `job.env`
+             task_key:str=None,  # the task's key in the job run; default `step`
             ) -> StepResult:
-    "Run one step's notebook with papermill; log the executed notebook to its MLflow run."
-    cfg = cfg or load_config(job.env)
-    ctx = step_context(job, step)
+    "Run one task's notebook (the step's) with papermill; log the executed notebook to its MLflow run."
+    cfg, task_key = cfg or load_config(job.env), task_key or step
+    ctx = step_context(job, task_key)
     res = _execute_step(step, {**{k: getattr(ctx, k) for k in CONTEXT_PARAMS}, **params},
-                        StepResult(step, output_notebook=str(out_dir/f"{step}.ipynb")))
+                        StepResult(task_key, step=step, params=params, output_notebook=str(out_dir/f"{task_key}.ipynb")))
     return _log_step(configure_mlflow(cfg), cfg, ctx, params, res)
 
 # %% ../nbs/10_runner.ipynb #5eb1ed87
 def _progress(msg:str, quiet:bool=False):
     if not quiet: print(msg, file=sys.stderr, flush=True)
 
+def model_types_of(cfg:EnvConfig, params:dict) -> tuple[list, dict]:
+    "The model types a job run trains, one train task each (`--param model_types`, else the env's; [] when a single `model_type` is given), and the other params."
+    from mlops_nb.context import check_step_params
+    from mlops_nb.training_data import split_list
+    params = dict(params); given = params.pop("model_types", "")
+    if given and params.get("model_type"):
+        raise ParameterError("--param model_type and model_types: give one of them (model_types=logreg,hgb trains one task per type)")
+    check_step_params({"model_types": given}, {"model_types": "--param"})
+    return split_list(given) or ([] if params.get("model_type") else list(cfg.model_types)), params
+
+def job_tasks(steps:list, per_step:dict, model_types:list) -> list:
+    "The tasks of a job run, in order and not yet run: one per step, and one train task per model type when `model_types` names any."
+    from mlops_nb.training import train_tasks
+    out = []
+    for s in steps:
+        if s == "train" and model_types:
+            out += [StepResult(k, step=s, params={**per_step[s], "model_type": t}) for k, t in train_tasks(model_types).items()]
+        elif s == "evaluate" and model_types: out.append(StepResult(s, params={**per_step[s], "model_types": ",".join(model_types)}))
+        else: out.append(StepResult(s, params=per_step[s]))
+    return out
+
+# %% ../nbs/10_runner.ipynb #56a37b91
+def _new_job(cfg:EnvConfig, steps, params:dict, job_id:str, info:tuple) -> JobRun:
+    "A job run not yet started: its parameters checked, its tasks planned."
+    steps = parse_steps(steps)
+    types, rest = model_types_of(cfg, params)
+    per_step = check_params(cfg, steps, rest)
+    return JobRun(new_job_run_id(), job_id, cfg.env, info[0], info[1], steps=job_tasks(steps, per_step, types), params=dict(params))
+
+def _resumed_job(cfg:EnvConfig, job_run_id:str, info:tuple) -> JobRun:
+    "Job run `job_run_id` ready to run again its tasks that did not succeed; a `ParameterError` when it cannot be."
+    job = read_job_run(job_run_id)
+    todo = [s for s in job.steps if s.status != "SUCCEEDED"]
+    if job.env != cfg.env:
+        raise ParameterError(f"--resume {job_run_id}: expected a job run of env {cfg.env}, found one of env {job.env}; add --env {job.env}")
+    if not todo: raise ParameterError(f"--resume {job_run_id}: every task of it succeeded ({', '.join(s.name for s in job.steps)}); nothing to resume")
+    if info[0] != job.git_sha:
+        raise ParameterError(f"--resume {job_run_id}: it ran commit {job.git_sha[:12]} and the work tree is at {info[0][:12]}; "
+                             f"check out {job.git_sha[:12]} to resume it (a resumed job run runs the code it started with)")
+    check_params(cfg, parse_steps(sorted({s.step for s in todo})), {k: v for k, v in job.params.items() if any(k in s.params for s in todo)})
+    for s in todo: s.status, s.seconds, s.outputs, s.error, s.mlflow_run_id = "SKIPPED", 0.0, {}, "", ""
+    job.status, job.attempts = "RUNNING", job.attempts + 1
+    return job
+
+def _run_tasks(job:JobRun, cfg:EnvConfig, out_dir:Path, quiet:bool):
+    "Run the job's tasks that have not succeeded, in order, until one fails."
+    todo = [i for i, s in enumerate(job.steps) if s.status != "SUCCEEDED"]
+    for n, i in enumerate(todo, 1):
+        s = job.steps[i]
+        _progress(f"[{n}/{len(todo)}] {s.name} ...", quiet)
+        job.steps[i] = s = run_step(s.step, job, s.params, out_dir, cfg, task_key=s.name)
+        _progress(f"[{n}/{len(todo)}] {s.name} {s.status.lower()} in {s.seconds:.1f}s", quiet)
+        if s.status == "FAILED": break
+
+# %% ../nbs/10_runner.ipynb #7b38328c
+def notify_failure(job:JobRun, cfg:EnvConfig) -> str:
+    "POST the failed job run to the env's webhook, when it has one; what came of it ('' when there is no webhook)."
+    from mlops_nb.alerts import webhook_url, post_json
+    url = webhook_url(cfg)
+    failed = next((s for s in job.steps if s.status == "FAILED"), None)
+    if not url or failed is None: return ""
+    return post_json(url, {"event": "job_run_failed", "env": job.env, "job_run_id": job.job_run_id, "task_key": failed.name,
+                           "error": failed.error[:2000], "git_sha": job.git_sha, "attempts": job.attempts,
+                           "resume": f"mlops-nb run --env {job.env} --resume {job.job_run_id}"},
+                     cfg.alert_webhook_timeout_seconds, cfg.alert_webhook_retries)
+
+# %% ../nbs/10_runner.ipynb #3e69be7a
 def run_pipeline(env:str="dev",      # dev, staging or prod
                  steps=PIPELINE_STEPS, # steps to run, in pipeline order
                  params:dict=None,   # step parameters, passed to the steps that declare them
                  job_id:str="local", # the job's id (Databricks' job id when it runs there)
                  quiet:bool=False,   # no progress lines on stderr
                  lock_wait_seconds:float=0, # wait this long for the env's lock (`EnvBusy` after)
+                 resume:str=None,    # a job run id of this home: run its tasks that did not succeed again, in that job run
                 ) -> JobRun:
     "Run the pipeline's notebooks as one job run; raise `StepFailed` (with the JobRun) when a step fails."
     cfg = load_config(env)
-    steps, params = parse_steps(steps), dict(params or {})
-    per_step = check_params(cfg, steps, params)
     info = git_info(pipelines_dir())
     if info is None: raise ParameterError(f"{pipelines_dir()} is not in a git work tree: the runner records the commit of every run; run it from a clone")
-    job = JobRun(new_job_run_id(), job_id, env, info[0], info[1], steps=[StepResult(s) for s in steps])
-    out_dir = mlops_home()/"runs"/job.job_run_id
-    t0 = time.monotonic()
+    job = _resumed_job(cfg, resume, info) if resume else _new_job(cfg, steps, dict(params or {}), job_id, info)
+    out_dir, t0 = mlops_home()/"runs"/job.job_run_id, time.monotonic()
     from mlops_nb.core import env_vars, process_token
     with locked_env(env, lock_wait_seconds), stop_on_signals(), env_vars(MLOPS_NB_RUNNER=process_token()):  # the kernels tag their runs with it
         out_dir.mkdir(parents=True, exist_ok=True)  # only once the lock is ours: a refused run writes nothing
-        _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}", quiet)
-        for i, s in enumerate(job.steps, 1):
-            _progress(f"[{i}/{len(steps)}] {s.name} ...", quiet)
-            job.steps[i-1] = s = run_step(s.name, job, per_step[s.name], out_dir, cfg)
-            _progress(f"[{i}/{len(steps)}] {s.name} {s.status.lower()} in {s.seconds:.1f}s", quiet)
-            if s.status == "FAILED": break
-    job.seconds = round(time.monotonic() - t0, 1)
-    _summarise(job, cfg, configure_mlflow(cfg))
-    (out_dir/"summary.json").write_text(json.dumps(job.to_dict(), indent=2))
+        _progress(f"job run {job.job_run_id} | env {env} | commit {job.git_sha[:12]}{' (dirty)' if job.git_dirty else ''}"
+                  + (f" | attempt {job.attempts}: the tasks that did not succeed" if job.attempts > 1 else ""), quiet)
+        _run_tasks(job, cfg, out_dir, quiet)
+    job.seconds = round(job.seconds + time.monotonic() - t0, 1)
+    summarise(job, cfg, configure_mlflow(cfg))
+    job_run_file(job.job_run_id).write_text(json.dumps(job.to_dict(), indent=2))
     if job.status == "FAILED":
-        err = StepFailed(next(s.error for s in job.steps if s.status == "FAILED"))
+        if said := notify_failure(job, cfg): _progress(f"job run {job.job_run_id} failed: the env's webhook was told ({said})", quiet)
+        err = StepFailed(next(s.error for s in job.steps if s.status == "FAILED")
+                         + f" To run the tasks that did not succeed again: mlops-nb run --env {env} --resume {job.job_run_id}")
         err.job = job
         raise err
     return job
-
-# %% ../nbs/10_runner.ipynb #fb0f49bb
-def _summarise(job:JobRun, cfg:EnvConfig, client):
-    "Fill the job's status, model, champion, decision and predictions from the steps' outputs, evaluate's decision record and the registry."
-    from mlops_nb.registry import get_alias
-    job.status = "FAILED" if any(s.status == "FAILED" for s in job.steps) else "SUCCEEDED"
-    out = {s.name: s for s in job.steps}
-    if "train" in out and out["train"].outputs.get("model_version"):
-        t = out["train"]
-        job.model = {"name": t.outputs["model_name"], "version": t.outputs["model_version"], "mlflow_run_id": t.mlflow_run_id}
-    champ = get_alias(client, cfg.registered_model, "champion")
-    job.champion = {"name": cfg.registered_model, "version": str(champ.version) if champ else None}
-    if "evaluate" in out and out["evaluate"].mlflow_run_id:
-        rec = read_decision(out["evaluate"].mlflow_run_id)  # None when evaluate failed before it recorded one
-        if rec: job.decision = decision_summary(rec, job.env, cfg.promote_win_rate)
-    if "score" in out and out["score"].outputs.get("predictions_version"):
-        o = out["score"].outputs
-        from mlops_nb.lakehouse import table_path
-        job.predictions = {"table": o["predictions_table"], "path": str(table_path(o["predictions_table"])),
-                           "version": int(o["predictions_version"]), "rows": int(o["rows"])}
-
-# %% ../nbs/10_runner.ipynb #f65cd474
-def format_summary(job:JobRun) -> str:
-    "The job run as a plain-text table: one row per step, then what it produced."
-    head = ("step", "status", "seconds", "model version", "champion", "predictions version", "rows")
-    rows = []
-    for s in job.steps:
-        o = s.outputs
-        rows.append((s.name, s.status, f"{s.seconds:.1f}", o.get("model_version", "") if s.name == "train" else "",
-                     o.get("champion_version", "") if s.name == "evaluate" else "",
-                     o.get("predictions_version", ""), o.get("rows", "")))
-    w = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-    line = lambda r: "  ".join(str(v).ljust(w[i]) for i, v in enumerate(r)).rstrip()
-    out = [line(head), line(["-"*x for x in w])] + [line(r) for r in rows]
-    out.append(f"job run {job.job_run_id}: {job.status} in {job.seconds:.1f}s; env {job.env}; commit {job.git_sha[:12]}"
-               + (" (dirty)" if job.git_dirty else ""))
-    if job.model: out.append(f"trained {job.model['name']} version {job.model['version']} (MLflow run {job.model['mlflow_run_id']})")
-    if job.champion: out.append(f"champion: {job.champion['name']} version {job.champion['version'] or 'none'}")
-    if job.decision: out.append(f"evaluate: {job.decision['summary']}")
-    out += [f"{s.name}: {s.outputs['note']}" for s in job.steps if s.outputs.get("note")]  # e.g. an empty batch
-    if job.predictions: out.append(f"predictions: {job.predictions['rows']} rows appended to {job.predictions['table']} version {job.predictions['version']}")
-    return "\n".join(out)

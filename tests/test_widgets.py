@@ -165,3 +165,27 @@ def test_outputs_are_task_values(trained):
     tv, tags = _task_values(home, "train"), _run_of(home, "train").data.tags
     assert tv["model_name"] == MODEL and tv["model_version"] == "1", tv
     assert tv == {k.removeprefix("output."): v for k, v in tags.items() if k.startswith("output.")}
+
+
+def test_evaluate_reads_the_train_tasks_values(trained, job_task):
+    """A job run with two train tasks (train_logreg, train_hgb, as the pipeline job renders them for model_types): each
+    sets its version as task values, and evaluate judges exactly those, not a candidate another job run left."""
+    home, run, sha = job_task
+    run("train", run_id="991", task_key="train_logreg", model_type="logreg")
+    run("train", run_id="991", task_key="train_hgb", model_type="hgb")
+    run("train", run_id="992", task_key="train", model_type="dummy")        # another job run's candidate
+    tv = {k: _task_values(home, k) for k in ("train_logreg", "train_hgb")}
+    assert {k: set(v) >= {"model_version", "model_uri", "run_id"} for k, v in tv.items()} == {"train_logreg": True, "train_hgb": True}, tv
+    ours = {tv["train_logreg"]["model_version"], tv["train_hgb"]["model_version"]}
+    assert tv["train_hgb"]["model_uri"] == f"models:/{MODEL}/{tv['train_hgb']['model_version']}"
+    run("evaluate", run_id="991", task_key="evaluate", model_types="logreg,hgb")
+    c = home.client()
+    exp = c.get_experiment_by_name("/Shared/mlops-nb/dev")
+    ev = c.search_runs([exp.experiment_id], "tags.DBR_RUN_ID = '991' and tags.task_key = 'evaluate'")[0]
+    rec = json.loads(Path(c.download_artifacts(ev.info.run_id, "evaluation/decision.json")).read_text())
+    assert rec["candidates_from"] == "task values of train_logreg, train_hgb", rec["candidates_from"]
+    assert {r["version"] for r in rec["candidates"]} == ours
+    assert {r["model_type"] for r in rec["candidates"]} == {"logreg", "hgb"}
+    assert all(r["verdict"].startswith(("won:", "lost")) for r in rec["candidates"]), rec["candidates"]
+    other = [v for v in home.model_versions(MODEL) if v.tags.get("DBR_RUN_ID") == "992"]
+    assert len(other) == 1 and other[0].tags["candidate"] == "true"     # left for its own job run's evaluate
