@@ -183,11 +183,14 @@ def model_types_of(cfg:EnvConfig, params:dict) -> tuple[list, dict]:
     "The model types a job run trains, one train task each (`--param model_types`, else the env's; [] when a single `model_type` is given), and the other params."
     from mlops_nb.context import check_step_params
     from mlops_nb.training_data import split_list
+    from mlops_nb.training import train_tasks
     params = dict(params); given = params.pop("model_types", "")
     if given and params.get("model_type"):
         raise ParameterError("--param model_type and model_types: give one of them (model_types=logreg,hgb trains one task per type)")
     check_step_params({"model_types": given}, {"model_types": "--param"})
-    return split_list(given) or ([] if params.get("model_type") else list(cfg.model_types)), params
+    types = split_list(given) or ([] if params.get("model_type") else list(cfg.model_types))
+    if types: train_tasks(types)   # each a known model type (the env's too), before any table is read
+    return types, params
 
 def job_tasks(steps:list, per_step:dict, model_types:list) -> list:
     "The tasks of a job run, in order and not yet run: one per step, and one train task per model type when `model_types` names any."

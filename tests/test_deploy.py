@@ -469,3 +469,31 @@ def test_pipeline_modules_import_with_the_runtime_packages_only(tmp_path):
     # and the job template installs neither the package nor anything the runtime already has
     libs = [lib["pypi"]["package"] for d in render_jobs(load_config("prod"), "0123abcd").values() for t in d["tasks"] for lib in t.get("libraries", [])]
     assert libs and not any(re.match(r"(mlops.nb|pyspark|mlflow)\b", l) for l in libs)
+
+
+def test_deploy_parallel_train_tasks_and_notifications(env, capsys, tmp_path, monkeypatch):
+    """Two model types: two train tasks in parallel, evaluate after both (it reads their task values), and the env's
+    notifications on every job; the output names no address."""
+    s = env
+    conf = tmp_path / "conf.toml"
+    conf.write_text('[staging]\nmodel_types = ["logreg", "hgb"]\nnotify_emails = ["ml-oncall@example.com"]\n'
+                    'notify_webhook_ids = ["5f1c-destination"]\non_validation_failure = "fail"\n')
+    monkeypatch.setenv("MLOPS_NB_CONFIG", str(conf))
+    rc, out, err = deploy(capsys, "--env", "staging", "--git-ref", "main")
+    assert rc == 0, err
+    assert "ml-oncall@example.com" not in out + err and "5f1c-destination" not in out + err
+    jobs = {n: j["settings"] for n, j in _jobs_by_name(s).items()}
+    tasks = {t["task_key"]: t for t in jobs["mlops-nb-staging-pipeline"]["tasks"]}
+    assert list(tasks) == ["train_logreg", "train_hgb", "evaluate", "score"]
+    for key, model_type in (("train_logreg", "logreg"), ("train_hgb", "hgb")):
+        t = tasks[key]
+        assert "depends_on" not in t and t["notebook_task"]["notebook_path"] == "/Repos/staging/mlops-nb/nbs/pipelines/train"
+        assert t["notebook_task"]["base_parameters"]["model_type"] == model_type and t["notebook_task"]["base_parameters"]["task_key"] == key
+    assert tasks["evaluate"]["depends_on"] == [{"task_key": "train_logreg"}, {"task_key": "train_hgb"}]
+    assert tasks["evaluate"]["notebook_task"]["base_parameters"]["model_types"] == "logreg,hgb"
+    for name, settings in jobs.items():
+        assert settings["email_notifications"]["on_failure"] == ["ml-oncall@example.com"], name
+        assert settings["webhook_notifications"] == {"on_failure": [{"id": "5f1c-destination"}]}, name
+        assert JobSettings.from_dict(settings).as_dict() == settings
+    # the monitoring job's condition still reads the monitor task's value, and runs the pipeline job by its id
+    assert jobs["mlops-nb-staging-monitoring"]["tasks"][1]["condition_task"]["left"] == "{{tasks.monitor.values.retrain}}"
