@@ -12,8 +12,9 @@ from .config import EnvConfig
 from .context import RunContext
 
 # %% auto #0
-__all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'check_model_type', 'build_model',
-           'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
+__all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'check_model_type', 'classifier',
+           'build_model', 'params_path', 'params_problems', 'read_params_file', 'committed_params', 'positive_proba',
+           'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
 
 # %% ../nbs/07_training.ipynb #092c213c
 from .context import MODEL_TYPES
@@ -39,27 +40,85 @@ def check_model_type(model_type:str) -> str:
         raise ParameterError(f"model_type: expected one of {', '.join(MODEL_TYPES)}, found {model_type!r}")
     return model_type
 
+def classifier(model_type:str, # logreg, hgb or dummy
+               seed:int=42,    # random state of every seeded part
+               params:dict=None, # parameters to set on it (the tuned ones of the parameters file)
+              ):
+    "The unfitted classifier of `model_type` with `params` set."
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.dummy import DummyClassifier
+    clf = {"logreg": lambda: LogisticRegression(max_iter=1000, random_state=seed),
+           "hgb": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=False),
+           "dummy": lambda: DummyClassifier(strategy="prior", random_state=seed)}[check_model_type(model_type)]()
+    return clf.set_params(**(params or {}))
+
 def build_model(model_type:str, # logreg, hgb or dummy
                 cols:Columns,   # the feature columns
                 seed:int=42,    # random state of every seeded part
+                params:dict=None, # the classifier's parameters (`clf` step), e.g. tuned ones; default its defaults
                ):
     "An unfitted scikit-learn pipeline: preprocessing and the classifier."
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.dummy import DummyClassifier
     check_model_type(model_type)
     num = [SimpleImputer(strategy="median")] + ([StandardScaler()] if model_type == "logreg" else [])
     cat = [SimpleImputer(strategy="constant", fill_value="missing"),
            OneHotEncoder(handle_unknown="ignore", sparse_output=False, min_frequency=5)]
     pre = ColumnTransformer([("num", make_pipeline(*num), cols.numeric), ("cat", make_pipeline(*cat), cols.categorical)])
-    clf = {"logreg": lambda: LogisticRegression(max_iter=1000, random_state=seed),
-           "hgb": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=False),
-           "dummy": lambda: DummyClassifier(strategy="prior", random_state=seed)}[model_type]()
-    return Pipeline([("prep", pre), ("clf", clf)])
+    return Pipeline([("prep", pre), ("clf", classifier(model_type, seed, params))])
+
+# %% ../nbs/07_training.ipynb #30e130e0
+import hashlib, tomllib
+from pathlib import Path
+from .core import ConfigError
+
+def params_path(cfg:EnvConfig, path=None) -> Path:
+    "The parameters file: `path`, else the env's `params_file`; a relative one from the repository root (else the working directory)."
+    from mlops_nb.config import project_root
+    from mlops_nb.context import repo_root
+    p = Path(path or cfg.params_file).expanduser()
+    return p if p.is_absolute() else (repo_root() or project_root() or Path.cwd())/p
+
+def _kind_ok(default, v) -> bool:
+    "Whether `v` is of the kind of a parameter whose default is `default` (None: any)."
+    if default is None: return isinstance(v, (str, int, float, bool))
+    if isinstance(default, bool) or isinstance(v, bool): return isinstance(v, bool) and isinstance(default, bool)
+    if isinstance(default, int): return isinstance(v, int)
+    if isinstance(default, float): return isinstance(v, (int, float))
+    return isinstance(v, type(default))
+
+def params_problems(model_type:str, values:dict) -> list:
+    "What is wrong with `values` as parameters of `model_type`'s classifier: one line per bad parameter ([] when none)."
+    clf = classifier(model_type)
+    defaults = clf.get_params()
+    return [f"{k} is not a parameter of {type(clf).__name__} (expected some of {', '.join(sorted(defaults))})" if k not in defaults
+            else f"{k}: expected a value like its default {defaults[k]!r}, found {v!r}"
+            for k, v in values.items() if k not in defaults or not _kind_ok(defaults[k], v)]
+
+def read_params_file(path:Path) -> dict:
+    "The tables of the parameters file at `path` ({} when there is none); invalid TOML is a `ConfigError`."
+    if not path.is_file(): return {}
+    try: return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e: raise ConfigError(f"{path} is not valid TOML: {e}; fix the file") from e
+
+# %% ../nbs/07_training.ipynb #edf712cd
+def committed_params(cfg:EnvConfig, model_type:str, path=None) -> tuple[dict, dict]:
+    "The checked parameters of `model_type` in the parameters file, and the tags that record them (both {} without its table)."
+    p = params_path(cfg, path)
+    table = read_params_file(p).get(model_type)
+    if table is None: return {}, {}
+    if not isinstance(table, dict): raise ConfigError(f"{p}: expected a table [{model_type}] of parameter = value, found {table!r}; fix the file")
+    values = {k: v for k, v in table.items() if not k.startswith("_")}
+    if bad := params_problems(model_type, values):
+        raise ConfigError(f"{p} [{model_type}]: {'; '.join(bad)}; fix the file, or tune again (mlops-nb tune --env dev --model-type {model_type})")
+    from mlops_nb.config import project_root
+    root = project_root(p.parent) or p.parent
+    tuning = table.get("_tuning") if isinstance(table.get("_tuning"), dict) else {}
+    return values, {"params_file": str(p.relative_to(root)), "params_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+                    "params_tuning_run": str(tuning.get("mlflow_run_id", "none"))}
 
 # %% ../nbs/07_training.ipynb #d974a0ad
 def positive_proba(pred) -> np.ndarray:
@@ -184,11 +243,13 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
     snap, cols, y, ho = _training_table(cfg, table, version, label, keys, features, model_type)
-    model = build_model(model_type, cols, cfg.seed)
+    tuned, tuned_tags = committed_params(cfg, model_type)  # the committed parameters file's [model_type], checked
+    model = build_model(model_type, cols, cfg.seed, tuned)
     params = {"model_type": model_type, "seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction, "label": label,
               "keys": ",".join(keys), "features": ",".join(cols.features), "training_table": table,
-              "training_version": snap.version, "decision_threshold": cfg.decision_threshold}
+              "training_version": snap.version, "decision_threshold": cfg.decision_threshold, **{f"clf.{k}": v for k, v in tuned.items()}}
     run = start_step_run(ctx, cfg, params)
+    mlflow.set_tags(tuned_tags)
     lineage = log_data_lineage(snap, context="training")
     metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold, cfg.seed)
     if not register: return _finish_unregistered(run, metrics, snap.version, info)
