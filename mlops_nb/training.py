@@ -13,8 +13,9 @@ from .context import RunContext
 
 # %% auto #0
 __all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'check_model_type', 'classifier',
-           'build_model', 'params_path', 'params_problems', 'read_params_file', 'committed_params', 'positive_proba',
-           'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult', 'train_candidate']
+           'build_model', 'params_path', 'params_problems', 'read_params_file', 'committed_params', 'tuned_model',
+           'start_train_run', 'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult',
+           'train_candidate']
 
 # %% ../nbs/07_training.ipynb #092c213c
 from .context import MODEL_TYPES
@@ -119,6 +120,19 @@ def committed_params(cfg:EnvConfig, model_type:str, path=None) -> tuple[dict, di
     tuning = table.get("_tuning") if isinstance(table.get("_tuning"), dict) else {}
     return values, {"params_file": str(p.relative_to(root)), "params_sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
                     "params_tuning_run": str(tuning.get("mlflow_run_id", "none"))}
+
+def tuned_model(cfg:EnvConfig, model_type:str, cols:Columns) -> tuple:
+    "The pipeline of `build_model` with the committed parameters of `model_type` set: (model, parameters, their tags)."
+    params, tags = committed_params(cfg, model_type)
+    return build_model(model_type, cols, cfg.seed, params), params, tags
+
+def start_train_run(ctx:RunContext, cfg:EnvConfig, params:dict, tags:dict):
+    "`tracking.start_step_run`, then the parameters file's `tags` on the run; the active run."
+    import mlflow
+    from mlops_nb.tracking import start_step_run
+    run = start_step_run(ctx, cfg, params)
+    mlflow.set_tags(tags)
+    return run
 
 # %% ../nbs/07_training.ipynb #d974a0ad
 def positive_proba(pred) -> np.ndarray:
@@ -243,13 +257,11 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
     snap, cols, y, ho = _training_table(cfg, table, version, label, keys, features, model_type)
-    tuned, tuned_tags = committed_params(cfg, model_type)  # the committed parameters file's [model_type], checked
-    model = build_model(model_type, cols, cfg.seed, tuned)
+    model, tuned, tuned_tags = tuned_model(cfg, model_type, cols)  # with the parameters file's [model_type], checked
     params = {"model_type": model_type, "seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction, "label": label,
               "keys": ",".join(keys), "features": ",".join(cols.features), "training_table": table,
               "training_version": snap.version, "decision_threshold": cfg.decision_threshold, **{f"clf.{k}": v for k, v in tuned.items()}}
-    run = start_step_run(ctx, cfg, params)
-    mlflow.set_tags(tuned_tags)
+    run = start_train_run(ctx, cfg, params, tuned_tags)
     lineage = log_data_lineage(snap, context="training")
     metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold, cfg.seed)
     if not register: return _finish_unregistered(run, metrics, snap.version, info)
