@@ -12,7 +12,8 @@ from .training import check_model_type, classifier, params_problems
 
 # %% auto #0
 __all__ = ['DEFAULT_SEARCH_SPACES', 'CV_FOLDS', 'HEADER', 'range_problem', 'search_space', 'suggest', 'cv_auc', 'params_toml',
-           'write_params', 'tuning_rows', 'check_tune_args', 'TuneResult', 'log_search_figures', 'tune', 'cmd_tune']
+           'write_params', 'tuning_rows', 'check_tune_args', 'check_params_file', 'TuneResult', 'log_search_figures',
+           'tune', 'cmd_tune']
 
 # %% ../nbs/07a_tuning.ipynb #41d20fc2
 DEFAULT_SEARCH_SPACES = {
@@ -123,6 +124,13 @@ def check_tune_args(cfg:EnvConfig, model_type:str, trials:int, timeout) -> dict:
     if timeout is not None and not timeout > 0: raise ParameterError(f"timeout: expected a number of seconds above 0, found {timeout}")
     return search_space(cfg, model_type)
 
+def check_params_file(cfg:EnvConfig, path:Path, model_type:str):
+    "Check the tables of the parameters file at `path` that tuning `model_type` keeps: a broken one fails now, not after the search."
+    from mlops_nb.context import MODEL_TYPES
+    from mlops_nb.training import committed_params, read_params_file
+    for mt in read_params_file(path):
+        if mt != model_type and mt in MODEL_TYPES: committed_params(cfg, mt, path)
+
 @dataclass
 class TuneResult:
     "What `tune` found and wrote."
@@ -172,10 +180,10 @@ def tune(cfg:EnvConfig,         # the env's settings: dev only
     from mlops_nb.core import utc_now
     from mlops_nb.context import resolve_context
     from mlops_nb.tracking import start_step_run, log_data_lineage, set_step_outputs, finish_step_run
-    from mlops_nb.training import params_path, read_params_file
+    from mlops_nb.training import params_path
     model_type = model_type or cfg.model_type
     space = check_tune_args(cfg, model_type, trials, timeout)
-    path = params_path(cfg, params_file); read_params_file(path)   # a broken file fails now, not after the search
+    check_params_file(cfg, path := params_path(cfg, params_file), model_type)
     snap, cols, X, y = tuning_rows(cfg, model_type)
     ctx = resolve_context(env=cfg.env, default_task_key="tune")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
