@@ -124,6 +124,8 @@ def check_tune_args(cfg:EnvConfig, model_type:str, trials:int, timeout) -> dict:
     if timeout is not None and not timeout > 0: raise ParameterError(f"timeout: expected a number of seconds above 0, found {timeout}")
     return search_space(cfg, model_type)
 
+
+# %% ../nbs/07a_tuning.ipynb #5e096838
 def check_params_file(cfg:EnvConfig, path:Path, model_type:str):
     "Check the tables of the parameters file at `path` that tuning `model_type` keeps: a broken one fails now, not after the search."
     from mlops_nb.context import MODEL_TYPES
