@@ -68,7 +68,7 @@ def json_flag(p, help:str="print one JSON object on stdout"):
     p.add_argument("--json", action="store_true", help=help)
 
 def add_pipeline_commands(sub):
-    "`env`, `demo-data` and `run`."
+    "`env`, `demo-data`, `run` and `tune`."
     json_flag(command(sub, "env", "cli:cmd_env", "print the resolved settings of an env"), "print JSON")
     d = command(sub, "demo-data", "cli:cmd_demo_data", "write the seeded demo training table, scoring batch and its delayed labels")
     d.add_argument("--rows", type=int, default=100_000, help="training rows (default 100000)")
@@ -81,6 +81,12 @@ def add_pipeline_commands(sub):
     r.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="a step parameter; repeat for more (model_types=logreg,hgb: one train task per type)")
     r.add_argument("--resume", default=None, metavar="JOB_RUN_ID", help="run the tasks of that job run that did not succeed again, in the same job run (as a Databricks repair)")
     json_flag(r)
+    t = command(sub, "tune", "tuning:cmd_tune", "tune a model type in dev (Optuna, cross-validated) and write its best parameters to the parameters file")
+    t.add_argument("--model-type", default=None, help="the model type to tune (default the env's)")
+    t.add_argument("--trials", type=int, default=50, help="trials of the search, 1 or more (default 50)")
+    t.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="start no trial after this long (default: no limit)")
+    t.add_argument("--params-file", default=None, help="the TOML file to write (default the env's params_file, conf/params.toml at the repository root)")
+    json_flag(t)
 
 # %% ../nbs/11_cli.ipynb #5752ce2b
 def add_lineage_commands(sub):

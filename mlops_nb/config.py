@@ -129,6 +129,8 @@ class EnvConfig(_RunSettings, _DerivedNames):
     promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win
     baseline_auc: float = 0.5                 # what the first champion must beat (no champion to compare with)
     n_boot: int = 1000                        # bootstrap resamples of the comparison
+    search_spaces: dict = field(default_factory=dict)  # `mlops-nb tune`'s space per model type; a type not named: tuning.DEFAULT_SEARCH_SPACES
+    params_file: str = "conf/params.toml"     # the tuned parameters train reads (tuning writes it), relative to the repository root
     slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
     required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
     # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
@@ -168,7 +170,9 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: v >= 1, "a whole number, 1 or more") for k in ("n_boot", "serve_max_body_bytes", "serve_max_batch_rows", "serve_log_batch_rows")},
     **{k: (lambda v: v >= 0, "a whole number, 0 or more") for k in ("seed", "num_workers")},
     **{k: (lambda v: v.strip() != "", "a non-empty string") for k in ("schema", "model", "training_table", "scoring_table",
-       "predictions_table", "label", "inference_log_table", "model_type", "spark_version", "node_type_id", "timezone")},
+       "predictions_table", "label", "inference_log_table", "model_type", "spark_version", "node_type_id", "timezone", "params_file")},
+    "search_spaces": (lambda v: all(isinstance(s, dict) and all(_range_ok(r) for r in s.values()) for s in v.values()),
+                      "a table of model type = {parameter = {low, high[, log]} with low < high, or {choices = [...]}}"),
     "keys": (lambda v: len(v) > 0, "a non-empty list of column names"),
     "model_types": (lambda v: len(v) > 0 and len(set(v)) == len(v) and all(t.strip() for t in v), "a non-empty list of model types, each once"),
     "notify_emails": (lambda v: all("@" in e and not any(ch.isspace() for ch in e) for e in v), "a list of e-mail addresses"),
@@ -182,6 +186,12 @@ _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: 
           "list": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of strings"),
           "dict": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table (name = value)"),
           "list[dict]": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of tables")}
+
+def _range_ok(r, num=lambda x: _TYPES["float"][0](x)) -> bool:
+    "A range of a search space: {low, high[, log]}, two numbers with low < high (log: low > 0), or {choices = [...]}, not empty."
+    if isinstance(r, dict) and set(r) == {"choices"}: return isinstance(r["choices"], list) and len(r["choices"]) > 0
+    return (isinstance(r, dict) and {"low", "high"} <= set(r) <= {"low", "high", "log"} and num(r["low"]) and num(r["high"])
+            and r["low"] < r["high"] and isinstance(r.get("log", False), bool) and (r["low"] > 0 or not r.get("log")))
 
 # %% ../nbs/01_config.ipynb #f9931549
 SECRET_SETTINGS = ("alert_webhook_url", "notify_emails")  # never printed: `mlops-nb env` says "set"

@@ -94,7 +94,7 @@ def _task_value(tv, task_key:str, key:str) -> str:
 def job_candidates(client, cfg:EnvConfig, model_types:list=None) -> tuple[list, str]:
     "The model versions to evaluate and where they came from: the job run's train task values, else the candidate tags."
     from mlops_nb.context import get_dbutils
-    from mlops_nb.training import train_tasks
+    from mlops_nb.model_types import train_tasks
     tv = getattr(getattr(get_dbutils(), "jobs", None), "taskValues", None)
     if tv is not None:
         found = {k: _task_value(tv, k, "model_version") for k in train_tasks(model_types or cfg.candidate_model_types)}

@@ -68,7 +68,7 @@ def job_context(cfg:EnvConfig, # the env's settings
                 pipeline_job_id:int=None, # the pipeline job's id in the workspace; None: not known (yet)
                ) -> dict:
     "The variables the job templates see."
-    from mlops_nb.training import train_tasks
+    from mlops_nb.model_types import train_tasks
     return dict(env=cfg.env, model_types=list(cfg.model_types), train_tasks=train_tasks(cfg.candidate_model_types),
                 notify_emails=list(cfg.notify_emails), notify_webhook_ids=list(cfg.notify_webhook_ids), git_sha=check_git_sha(git_sha), git_ref=git_ref or git_sha, repo_path=cfg.workspace_repo_path,
                 cluster=dict(spark_version=cfg.spark_version, node_type_id=cfg.node_type_id, num_workers=cfg.num_workers),

@@ -141,7 +141,9 @@ def _model_section(client, tags:dict, mv, train_run, missing:list) -> dict:
     rid = train_run.info.run_id if train_run else None
     model = {"name": mv.name if mv else None, "version": str(mv.version) if mv else None,
              "aliases": list(getattr(mv, "aliases", []) or []) if mv else [], "mlflow_run_id": rid,
-             "model_uri": f"models:/{mv.name}/{mv.version}" if mv else None, "artifact_uri": None}
+             "model_uri": f"models:/{mv.name}/{mv.version}" if mv else None, "artifact_uri": None,
+             "parameters": {"file": tags["params_file"], "sha256": tags.get("params_sha256"), "tuning_run": tags.get("params_tuning_run")}
+                           if tags.get("params_file") else None}  # the committed parameters file train read (see tuning)
     if mv is not None: model["artifact_uri"] = client.get_model_version_download_uri(mv.name, mv.version)
     elif train_run is not None and logged_model_id(train_run):
         lm = client.get_logged_model(logged_model_id(train_run))
@@ -244,6 +246,7 @@ def format_trace(t:dict) -> str:
                       + f", MLflow run {m['mlflow_run_id']}, artifacts {m['artifact_uri']}"),
             ("data", f"{d['table']} version {d['version']}, {d['rows']} rows, fingerprint {d['fingerprint']}"),
             ("job", f"job {j['job_id']}, job run {j['run_id']}" + _why(j))]
+    if pf := m.get("parameters"): rows.insert(4, ("parameters", f"{pf['file']} sha256 {pf['sha256']}, chosen by tuning run {pf['tuning_run']}"))
     if st := t.get("step"):  # a step that trained no model: the step instead of a model, its data only when it read a table
         rows = [r for r in rows if r[0] != "model" and (r[0] != "data" or d["table"])]
         rows.insert(0, ("step", f"{st['task_key']}, MLflow run {st['mlflow_run_id']} ({st['status']})"

@@ -58,7 +58,7 @@ def step_parameters(step:str) -> dict:
 
 def check_params(cfg:EnvConfig, steps:list, params:dict) -> dict:
     "The parameters for each step {step: {name: value}}; errors for unknown names, bad values, missing tables."
-    from mlops_nb.training import check_model_type
+    from mlops_nb.model_types import check_model_type
     from mlops_nb.lakehouse import open_delta, table_exists
     from mlops_nb.mlflow_store import check_tracking_server
     check_tracking_server()   # a dead MLflow server (MLFLOW_TRACKING_URI) fails here, in seconds, before any step
@@ -183,7 +183,7 @@ def model_types_of(cfg:EnvConfig, params:dict) -> tuple[list, dict]:
     "The model types a job run trains, one train task each (`--param model_types`, else the env's; [] when a single `model_type` is given), and the other params."
     from mlops_nb.context import check_step_params
     from mlops_nb.training_data import split_list
-    from mlops_nb.training import train_tasks
+    from mlops_nb.model_types import train_tasks
     params = dict(params); given = params.pop("model_types", "")
     if given and params.get("model_type"):
         raise ParameterError("--param model_type and model_types: give one of them (model_types=logreg,hgb trains one task per type)")
@@ -194,7 +194,7 @@ def model_types_of(cfg:EnvConfig, params:dict) -> tuple[list, dict]:
 
 def job_tasks(steps:list, per_step:dict, model_types:list) -> list:
     "The tasks of a job run, in order and not yet run: one per step, and one train task per model type when `model_types` names any."
-    from mlops_nb.training import train_tasks
+    from mlops_nb.model_types import train_tasks
     out = []
     for s in steps:
         if s == "train" and model_types:

@@ -12,12 +12,13 @@ from .config import EnvConfig
 from .context import RunContext
 
 # %% auto #0
-__all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'check_model_type', 'train_tasks',
-           'build_model', 'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult',
+__all__ = ['SKOPS_TRUSTED_TYPES', 'BASELINE_PROFILE', 'holdout_mask', 'split_holdout', 'build_model', 'tuned_model',
+           'start_train_run', 'positive_proba', 'score_metrics', 'pip_requirements', 'log_classifier', 'TrainResult',
            'registered_by_task', 'train_candidate']
 
 # %% ../nbs/07_training.ipynb #092c213c
 from .context import MODEL_TYPES
+from .model_types import check_model_type, classifier, committed_params
 from .training_data import Columns, split_list, resolve_columns, check_label, check_training_data
 
 # %% ../nbs/07_training.ipynb #6dec19dd
@@ -34,40 +35,36 @@ def split_holdout(df:pd.DataFrame, keys:list, fraction:float=0.2, seed:int=42) -
     return df[~m], df[m]
 
 # %% ../nbs/07_training.ipynb #b3658260
-def check_model_type(model_type:str) -> str:
-    "`model_type` if known, else a `ParameterError` listing the known ones."
-    if model_type not in MODEL_TYPES:
-        raise ParameterError(f"model_type: expected one of {', '.join(MODEL_TYPES)}, found {model_type!r}")
-    return model_type
-
-def train_tasks(model_types:list) -> dict:
-    "The train tasks of a job run, {task key: model type}: `train` for one model type, `train_<type>` for each of several."
-    types = [check_model_type(t.strip()) for t in model_types]
-    if not types or len(set(types)) < len(types):
-        raise ParameterError(f"model_types: expected model types, each once, found {','.join(types) or 'none'}")
-    return {"train": types[0]} if len(types) == 1 else {f"train_{t}": t for t in types}
-
 def build_model(model_type:str, # logreg, hgb or dummy
                 cols:Columns,   # the feature columns
                 seed:int=42,    # random state of every seeded part
+                params:dict=None, # the classifier's parameters (`clf` step), e.g. tuned ones; default its defaults
                ):
     "An unfitted scikit-learn pipeline: preprocessing and the classifier."
     from sklearn.compose import ColumnTransformer
     from sklearn.pipeline import Pipeline, make_pipeline
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.ensemble import HistGradientBoostingClassifier
-    from sklearn.dummy import DummyClassifier
     check_model_type(model_type)
     num = [SimpleImputer(strategy="median")] + ([StandardScaler()] if model_type == "logreg" else [])
     cat = [SimpleImputer(strategy="constant", fill_value="missing"),
            OneHotEncoder(handle_unknown="ignore", sparse_output=False, min_frequency=5)]
     pre = ColumnTransformer([("num", make_pipeline(*num), cols.numeric), ("cat", make_pipeline(*cat), cols.categorical)])
-    clf = {"logreg": lambda: LogisticRegression(max_iter=1000, random_state=seed),
-           "hgb": lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.1, random_state=seed, early_stopping=False),
-           "dummy": lambda: DummyClassifier(strategy="prior", random_state=seed)}[model_type]()
-    return Pipeline([("prep", pre), ("clf", clf)])
+    return Pipeline([("prep", pre), ("clf", classifier(model_type, seed, params))])
+
+# %% ../nbs/07_training.ipynb #edf712cd
+def tuned_model(cfg:EnvConfig, model_type:str, cols:Columns) -> tuple:
+    "The pipeline of `build_model` with the committed parameters of `model_type` set: (model, parameters, their tags)."
+    params, tags = committed_params(cfg, model_type)
+    return build_model(model_type, cols, cfg.seed, params), params, tags
+
+def start_train_run(ctx:RunContext, cfg:EnvConfig, params:dict, tags:dict):
+    "`tracking.start_step_run`, then the parameters file's `tags` on the run; the active run."
+    import mlflow
+    from mlops_nb.tracking import start_step_run
+    run = start_step_run(ctx, cfg, params)
+    mlflow.set_tags(tags)
+    return run
 
 # %% ../nbs/07_training.ipynb #d974a0ad
 def positive_proba(pred) -> np.ndarray:
@@ -228,11 +225,11 @@ def train_candidate(ctx:RunContext,     # the run this step belongs to
     table, label = cfg.qualify(table or cfg.training_table), label or cfg.label
     keys, features = split_list(keys) or cfg.keys, split_list(features) or cfg.features
     snap, cols, y, ho = _training_table(cfg, table, version, label, keys, features, model_type)
-    model = build_model(model_type, cols, cfg.seed)
+    model, tuned, tuned_tags = tuned_model(cfg, model_type, cols)  # with the parameters file's [model_type], checked
     params = {"model_type": model_type, "seed": cfg.seed, "holdout_fraction": cfg.holdout_fraction, "label": label,
               "keys": ",".join(keys), "features": ",".join(cols.features), "training_table": table,
-              "training_version": snap.version, "decision_threshold": cfg.decision_threshold}
-    run = start_step_run(ctx, cfg, params)
+              "training_version": snap.version, "decision_threshold": cfg.decision_threshold, **{f"clf.{k}": v for k, v in tuned.items()}}
+    run = start_train_run(ctx, cfg, params, tuned_tags)
     lineage = log_data_lineage(snap, context="training")
     metrics, info = _fit_and_log(model, snap.data, cols, y, ho, cfg.decision_threshold, cfg.seed)
     if not register: return _finish_unregistered(run, metrics, snap.version, info)
