@@ -2,11 +2,11 @@
 mlops_nb), `mlflow models serve -m models:/<name>@champion --env-manager local` answers `/invocations` with the same
 probabilities as `mlops-nb serve`'s `/predict`.
 
-The fresh environment is installed from the package index this machine reaches (pip, through a pip cache shared by
-the runs of this test under pytest's temporary root, so a second run downloads nothing); when pip cannot install the
-requirements, the test fails and says so."""
+The fresh environment is installed from the package index this machine reaches: pip downloads the wheels once into a
+folder kept across runs under pytest's temporary root, so a second run installs from it without the index; when pip
+cannot reach the index, the test fails and says so."""
 from __future__ import annotations
-import ast, os, shutil, signal, socket, subprocess, sys, time
+import ast, fcntl, os, shutil, signal, socket, subprocess, sys, time
 from pathlib import Path
 import httpx, numpy as np, pytest
 from conftest import MODEL, REPO, SCORING, VENV_BIN, CLI
@@ -20,13 +20,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def pip_cache(tmp_path_factory) -> Path:
-    "A pip cache kept across test runs: beside pytest's numbered temporary folders (under `pytest-of-<user>`)."
+def wheelhouse(tmp_path_factory) -> Path:
+    "The wheels of model requirements, kept across test runs beside pytest's numbered temporary folders (`pytest-of-<user>`)."
     base = tmp_path_factory.getbasetemp()
     root = next((p for p in (base, *base.parents) if p.name.startswith("pytest-of-")), base.parent)
-    d = root/"pip-cache-standalone-model"
+    d = root/"standalone-model-wheels"
     d.mkdir(exist_ok=True)
     return d
+
+
+def pip_install(venv: Path, requirements: Path, wheels: Path):
+    """Install `requirements` into `venv`: from the wheels kept by earlier runs when they hold them all, else
+    downloaded into them from the package index first (pip's own HTTP cache keeps nothing here: the index's answers
+    are not cacheable). A failure to reach the index fails the test and says so."""
+    pip = [str(venv/"bin"/"python"), "-m", "pip"]
+    run = lambda *a, **kw: subprocess.run([*pip, *a], cwd=venv.parent, env=bare_environ(venv), capture_output=True,
+                                          text=True, timeout=1800, **kw)
+    with open(wheels/".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another run filling the same folder waits
+        if run("install", "--no-index", "--find-links", str(wheels), "-r", str(requirements)).returncode == 0: return
+        got = run("download", "--dest", str(wheels), "--cache-dir", str(wheels/".pip-cache"), "-r", str(requirements))
+    if got.returncode != 0:
+        pytest.fail(f"pip could not download the model's requirements.txt from the package index (exit {got.returncode}); "
+                    f"this test needs the index: check the network and pip's configuration.\n{got.stderr[-3000:]}", pytrace=False)
+    p = run("install", "--no-index", "--find-links", str(wheels), "-r", str(requirements))
+    assert p.returncode == 0, f"pip could not install the downloaded requirements into {venv}:\n{p.stderr[-3000:]}"
 
 
 def bare_environ(venv: Path, **extra) -> dict:
@@ -84,13 +102,7 @@ def fresh_venv(champion, tmp_path_factory) -> Path:
     venv = tmp_path_factory.mktemp("fresh")/"venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, cwd=venv.parent, env=bare_environ(venv))
     assert "include-system-site-packages = false" in (venv/"pyvenv.cfg").read_text()
-    p = subprocess.run([str(venv/"bin"/"python"), "-m", "pip", "install", "--cache-dir", str(pip_cache(tmp_path_factory)),
-                        "-r", str(local/"requirements.txt")], cwd=venv.parent, env=bare_environ(venv),
-                       capture_output=True, text=True, timeout=1800)
-    if p.returncode != 0:
-        pytest.fail(f"pip could not install the model's requirements.txt into a fresh virtual environment (exit "
-                    f"{p.returncode}); this test needs the package index: check the network and pip's configuration.\n"
-                    f"{p.stderr[-3000:]}", pytrace=False)
+    pip_install(venv, local/"requirements.txt", wheelhouse(tmp_path_factory))
     return venv
 
 
