@@ -83,29 +83,29 @@ def score_metrics(y_true, proba, threshold:float=0.5) -> dict:
 
 # %% ../nbs/07_training.ipynb #d13940aa
 def pip_requirements() -> list:
-    "The pinned packages a logged model needs to load and predict."
+    "The pinned packages a logged model needs to load and predict: MLflow itself, and what its code and estimator import."
     import importlib.metadata as md
-    return [f"{p}=={md.version(p)}" for p in ("scikit-learn", "numpy", "pandas", "scipy", "skops")]
+    return [f"{p}=={md.version(p)}" for p in ("mlflow", "scikit-learn", "numpy", "pandas", "scipy", "skops")]
 
-# The scikit-learn model inside is saved with skops (no arbitrary code on load; the pyfunc's own pickle holds only a
-# reference to `PositiveClassModel`). These are the types our model types hold beyond skops' defaults, reviewed: we
-# only load models this project trained.
+# The scikit-learn model inside is saved with skops (no arbitrary code on load) and the pyfunc is logged as code (the
+# file of `model_code_path`, copied into the model; nothing pickled, nothing of mlops_nb needed to load it). These are
+# the types our model types hold beyond skops' defaults, reviewed: we only load models this project trained.
 SKOPS_TRUSTED_TYPES = ["numpy.dtype", "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 
 def log_classifier(model,                 # a fitted scikit-learn classifier (`predict_proba`)
                    sample:pd.DataFrame,   # feature rows for the signature
                    name:str="model",      # the logged model's name in the run
                   ):
-    "Log `model` in the active run as a `PositiveClassModel` pyfunc with a signature; its `ModelInfo`."
+    "Log `model` in the active run as a `PositiveClassModel` pyfunc from code, with a signature; its `ModelInfo`."
     import mlflow, tempfile, warnings
     from mlflow.models import infer_signature
-    from mlops_nb.pyfunc_model import PositiveClassModel
+    from mlops_nb.pyfunc_model import model_code_path
     sig = infer_signature(sample, positive_proba(model.predict_proba(sample)))
     with tempfile.TemporaryDirectory() as d, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*input example was not provided")  # the signature is explicit
         mlflow.sklearn.save_model(model, f"{d}/sklearn", serialization_format="skops", skops_trusted_types=SKOPS_TRUSTED_TYPES,
                                   pip_requirements=pip_requirements())
-        return mlflow.pyfunc.log_model(name=name, python_model=PositiveClassModel(), artifacts={"sklearn_model": f"{d}/sklearn"},
+        return mlflow.pyfunc.log_model(name=name, python_model=model_code_path(), artifacts={"sklearn_model": f"{d}/sklearn"},
                                        signature=sig, pip_requirements=pip_requirements())
 
 # %% ../nbs/07_training.ipynb #f37d6f9d
