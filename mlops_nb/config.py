@@ -79,6 +79,9 @@ class _RunSettings:
     serve_max_batch_rows: int = 256           # concurrent /predict requests answered by one model call: rows, at most
     serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
+    serve_routes: dict = field(default_factory=dict)  # {alias = whole percent} of records, summing to 100, e.g. {champion = 90, challenger = 10}; {} = the champion only
+    serve_mode: str = "split"                 # split: each record goes to one alias of serve_routes; shadow: the champion answers, the other alias scores each record off the request path
+    serve_reload_check_seconds: float = 30.0  # the server re-reads serve_routes, serve_mode and the aliases this often, and reloads when they changed (0: only on POST /reload)
 
 # %% ../nbs/01_config.ipynb #6bb8631b
 class _DerivedNames:
@@ -149,13 +152,16 @@ class EnvConfig(_RunSettings, _DerivedNames):
     schedule_paused: bool = True              # schedules start paused (prod: unpaused)
 
 # %% ../nbs/01_config.ipynb #23271f72
-import math
+import math, re
 _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: 0 <= v <= 1, "a number from 0 to 1") for k in ("min_auc", "decision_threshold", "promote_win_rate", "baseline_auc")},
     "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
     "monitor_granularity": (lambda v: v in ("hour", "day", "week"), "hour, day or week"),
     "monitor_engine": (lambda v: v in ("auto", "spark", "arrow"), "auto, spark or arrow"),
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    "serve_routes": (lambda v: _routes_ok(v), "a table of alias = whole percent from 0 to 100, the percents summing to 100 (e.g. {champion = 90, challenger = 10})"),
+    "serve_mode": (lambda v: v in ("split", "shadow"), "split or shadow"),
+    "serve_reload_check_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more (0: only on POST /reload)"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
     "label_horizon_hours": (lambda v: v > 0, "a number of hours above 0"),
@@ -169,6 +175,11 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "slice_floors": (lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v.values()),
                      "a table of column = number from 0 to 1"),
 }
+def _routes_ok(v:dict) -> bool:
+    "Whole percents from 0 to 100 summing to 100, each under a name MLflow allows as an alias ({}: the champion only)."
+    names = all(re.fullmatch(r"[\w\-]{1,255}", k) and k.lower() != "latest" and not re.fullmatch(r"v\d+", k) for k in v)
+    return not v or (names and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 100 for p in v.values()) and sum(v.values()) == 100)
+
 _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "true or false"),
           "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
           "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
@@ -199,10 +210,19 @@ def _setting_origin(env:str, name:str, overrides:dict) -> str:
     table = env if name in tomllib.loads(Path(path).read_text()).get(env, {}) else "all"
     return f"[{table}] of {path}"
 
+def _routes_problem(routes:dict, mode:str) -> str:
+    "What is wrong with `serve_routes` and `serve_mode` together ('' when nothing): shadow needs the champion and exactly one other alias."
+    if mode == "shadow" and not ("champion" in routes and len(routes) == 2):
+        return (f"expected serve_mode = \"shadow\" to come with serve_routes naming the champion and exactly one other alias (the one that "
+                f"scores in the shadow), found serve_routes = {routes!r}; set e.g. serve_routes = {{champion = 100, challenger = 0}}")
+    return ""
+
 def check_settings(env:str, values:dict, overrides:dict=None) -> dict:
     "`values` (floats as floats) when every setting fits its type and range, else one `ConfigError` listing every problem."
     overrides = overrides or {}
     bad = {k: p for k, v in values.items() if (p := setting_problem(k, v))}
+    if not bad.keys() & {"serve_routes", "serve_mode"} and (p := _routes_problem(values.get("serve_routes", {}), values.get("serve_mode", "split"))):
+        bad["serve_mode" if "serve_mode" in values else "serve_routes"] = p
     if bad:
         raise ConfigError(f"{len(bad)} bad setting(s) for env {env}: "
                           + "; ".join(f"{k} ({_setting_origin(env, k, overrides)}): {p}" for k, p in bad.items())
