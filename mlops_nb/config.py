@@ -81,7 +81,6 @@ class _RunSettings:
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
     serve_routes: dict = field(default_factory=dict)  # {alias = whole percent} of records, summing to 100, e.g. {champion = 90, challenger = 10}; {} = the champion only
     serve_mode: str = "split"                 # split: each record goes to one alias of serve_routes; shadow: the champion answers, the other alias scores each record off the request path
-    serve_reload_check_seconds: float = 30.0  # the server re-reads serve_routes, serve_mode and the aliases this often, and reloads when they changed (0: only on POST /reload)
 
 # %% ../nbs/01_config.ipynb #6bb8631b
 class _DerivedNames:
@@ -134,6 +133,7 @@ class EnvConfig(_RunSettings, _DerivedNames):
     n_boot: int = 1000                        # bootstrap resamples of the comparison
     slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
     required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
+    serve_reload_check_seconds: float = 30.0  # online serving: the server re-reads serve_routes, serve_mode and the aliases this often, and reloads when they changed (0: only on POST /reload)
     # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
     repo_path: str = ""                       # workspace Git folder; default /Repos/<env>/mlops-nb
     git_url: str = "https://dev.azure.com/mlops-nb/mlops-nb/_git/mlops-nb"  # remote the Git folder clones
@@ -187,6 +187,14 @@ _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: 
           "dict": (lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v), "a table (name = value)"),
           "list[dict]": (lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v), "a list of tables")}
 
+# %% ../nbs/01_config.ipynb #4f2b47a8
+def _routes_problem(routes:dict, mode:str) -> str:
+    "What is wrong with `serve_routes` and `serve_mode` together ('' when nothing): shadow needs the champion and exactly one other alias."
+    if mode == "shadow" and not ("champion" in routes and len(routes) == 2):
+        return (f"expected serve_mode = \"shadow\" to come with serve_routes naming the champion and exactly one other alias (the one that "
+                f"scores in the shadow), found serve_routes = {routes!r}; set e.g. serve_routes = {{champion = 100, challenger = 0}}")
+    return ""
+
 # %% ../nbs/01_config.ipynb #f9931549
 SECRET_SETTINGS = ("alert_webhook_url",)  # never printed: `mlops-nb env` says "set"
 
@@ -209,13 +217,6 @@ def _setting_origin(env:str, name:str, overrides:dict) -> str:
     path = CONFIG.get()
     table = env if name in tomllib.loads(Path(path).read_text()).get(env, {}) else "all"
     return f"[{table}] of {path}"
-
-def _routes_problem(routes:dict, mode:str) -> str:
-    "What is wrong with `serve_routes` and `serve_mode` together ('' when nothing): shadow needs the champion and exactly one other alias."
-    if mode == "shadow" and not ("champion" in routes and len(routes) == 2):
-        return (f"expected serve_mode = \"shadow\" to come with serve_routes naming the champion and exactly one other alias (the one that "
-                f"scores in the shadow), found serve_routes = {routes!r}; set e.g. serve_routes = {{champion = 100, challenger = 0}}")
-    return ""
 
 def check_settings(env:str, values:dict, overrides:dict=None) -> dict:
     "`values` (floats as floats) when every setting fits its type and range, else one `ConfigError` listing every problem."

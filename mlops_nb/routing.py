@@ -10,10 +10,12 @@ from typing import Callable
 from .core import ConfigError, MlopsNbError, short_error
 from .config import EnvConfig, load_config
 from .model_input import InputColumn
+from .scoring import prediction_id
 
 # %% auto #0
 __all__ = ['LoadedModel', 'load_alias', 'route_table', 'shadow_alias', 'key_bucket', 'arm_of', 'record_keys', 'Served',
-           'served_aliases', 'load_served', 'reread_routes', 'routes_signature', 'ServedVersions']
+           'served_aliases', 'load_served', 'reread_routes', 'routes_signature', 'record_rows', 'served_answer',
+           'ServedVersions']
 
 # %% ../nbs/13c_routing.ipynb #9e209758
 def _now() -> str: return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -33,6 +35,7 @@ class LoadedModel:
         "What every answer carries about the model."
         return {"model_name": self.name, "model_version": self.version, "mlflow_run_id": self.mlflow_run_id, "git_sha": self.git_sha}
 
+# %% ../nbs/13c_routing.ipynb #6c937756
 def _alias_version(client, cfg:EnvConfig, alias:str):
     "The model version behind `alias`: a `RegistryError` without a champion, a `ConfigError` naming the model's aliases without another alias."
     from mlops_nb.registry import champion_of, get_alias
@@ -155,6 +158,28 @@ def routes_signature(cfg:EnvConfig) -> tuple:
     client = configure_mlflow(cfg)
     versions = {a: getattr(get_alias(client, cfg.registered_model, a), "version", None) for a in served_aliases(table, shadow)}
     return tuple(table), shadow, tuple(sorted((a, None if v is None else str(v)) for a, v in versions.items()))
+
+# %% ../nbs/13c_routing.ipynb #38875a1b
+def record_rows(models:list, arms:list, records:list, proba, request_id:str, threshold:float, shadow_of:list=None) -> tuple:
+    "Each record's answer, prediction id and inference log row: `models[i]`, the version of arm `arms[i]`, computed record i (`shadow_of`: the ids of the answers shadowed)."
+    preds, ids, rows = [], [], []
+    for i, (m, arm, rec, p) in enumerate(zip(models, arms, records, proba)):
+        pid, pred = prediction_id(request_id, m.version, i), {"probability": float(p), "label": int(p >= threshold), "model_version": m.version, "arm": arm}
+        preds.append(pred); ids.append(pid)
+        rows.append({**m.lineage(), "arm": arm, "prediction_ids": [pid], "inputs": json.dumps([rec]), "outputs": json.dumps([pred]),
+                     "shadow_of": shadow_of[i] if shadow_of else None, "request": json.dumps({"dataframe_records": [rec]}),
+                     "response": json.dumps({"predictions": [{**pred, "prediction_id": pid}]})})
+    return preds, ids, rows
+
+def served_answer(served:Served, arms:list, records:list, proba, request_id:str, threshold:float):
+    "Status, answer and inference log rows (one per record) of `records`, whose probabilities the versions of `arms` predicted."
+    models = [served.arms[a] for a in arms]
+    preds, ids, rows = record_rows(models, arms, records, proba, request_id, threshold)
+    used = {a: served.arms[a] for a in dict.fromkeys(arms)}
+    answer = {"request_id": request_id, "model_name": served.champion.name, **(models[0].lineage() if len(used) == 1 else {}),
+              "served": {a: {k: v for k, v in m.lineage().items() if k != "model_name"} for a, m in used.items()},
+              "prediction_ids": ids, "predictions": preds}
+    return 200, answer, rows
 
 # %% ../nbs/13c_routing.ipynb #2fa63f15
 class ServedVersions:
