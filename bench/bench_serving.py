@@ -2,7 +2,9 @@
 
 Starts the server (uvicorn, one process) on a free loopback port with an `hgb` champion, then a second process
 sends the requests over keep-alive HTTP connections, one thread per connection, and reports p50 and p99 latency,
-requests/s and errors; then stops the server (SIGTERM) and checks that the inference log holds every answer.
+requests/s and errors; then stops the server (SIGTERM) and checks that the inference log holds every answer. The
+same in one run for three servers: the champion only, a 90/10 split with an `hgb` challenger, and shadow mode (the
+challenger scores every record off the request path; its rows counted apart).
 
     .venv/bin/python bench/bench_serving.py                       # 5,000 requests at concurrency 16
     .venv/bin/python bench/bench_serving.py --requests 20000 --concurrency 32
@@ -59,8 +61,28 @@ def main():
     env.update(MLOPS_NB_HOME=str(home), MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false")
     os.environ.update(env)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent/"tests"))
+    import mlflow
     from scoring_helpers import make_champion
-    make_champion(rows=20_000, model_type="hgb")
+    first = make_champion(rows=20_000, model_type="hgb")
+    make_champion(rows=20_000, model_type="hgb")   # the champion; the first version is the challenger
+    mlflow.MlflowClient().set_registered_model_alias("dev.mlops_nb.demo_model", "challenger", first.version)
+    modes = {"champion only": "", "90/10 split": "serve_routes = {champion = 90, challenger = 10}\n",
+             "shadow": 'serve_routes = {champion = 100, challenger = 0}\nserve_mode = "shadow"\n'}
+    results = {}
+    for k, (mode, routes) in enumerate(modes.items()):
+        (home/f"c{k}.toml").write_text(f'[dev]\ninference_log_table = "log{k}"\n{routes}')
+        results[mode] = run_mode(a, dict(env, MLOPS_NB_CONFIG=str(home/f"c{k}.toml")), f"dev.mlops_nb.log{k}")
+    base = results["champion only"]
+    for mode, res in results.items():
+        print(f"{mode}: {res['requests']:,} single-record requests at concurrency {res['concurrency']} from a second process on loopback: "
+              f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms ({res['p99_ms'] / base['p99_ms'] - 1:+.0%} against champion only), "
+              f"{res['req_per_s']:,.0f} req/s, {res['errors']} errors; inference log rows: {res['answer_rows']:,} answers "
+              f"(expected {res['ok'] + 50:,}), {res['shadow_rows']:,} shadow scores")
+    print(json.dumps(results))
+
+
+def run_mode(a, env: dict, log_table: str) -> dict:
+    "Start `mlops-nb serve` with `env`, warm it up, send the requests from a second process, stop it, count its log rows."
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     server = subprocess.Popen([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port", str(port)], env=env)
@@ -80,12 +102,10 @@ def main():
         server.send_signal(signal.SIGTERM)
         server.wait(120)
     from mlops_nb.lakehouse import read_table
-    log = read_table("dev.mlops_nb.inference_log").data
-    res["inference_log_rows"] = int(((log.path == "/predict") & (log.status == 200)).sum())
-    print(f"{res['requests']:,} single-record requests at concurrency {res['concurrency']} from a second process on loopback: "
-          f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, {res['req_per_s']:,.0f} req/s, {res['errors']} errors; "
-          f"inference log rows of successful predictions: {res['inference_log_rows']:,} (expected {res['ok'] + 50:,})")
-    print(json.dumps(res))
+    log = read_table(log_table).data
+    ok = (log.path == "/predict") & (log.status == 200)
+    res["answer_rows"], res["shadow_rows"] = int((ok & log.shadow_of.isna()).sum()), int((ok & log.shadow_of.notna()).sum())
+    return res
 
 
 if __name__ == "__main__":

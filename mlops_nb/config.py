@@ -69,7 +69,6 @@ class _RunSettings:
     keys: list = field(default_factory=lambda: ["id"])  # columns that identify a row; passed through scoring
     features: list = field(default_factory=list)  # feature columns; empty = every column but label and keys
     model_type: str = "hgb"                   # default model type of train
-    model_types: list = field(default_factory=list)  # several: one train task per type (train_<type>) in a job run; empty: [model_type]
     seed: int = 42                            # seed of every random choice in training
     holdout_fraction: float = 0.2             # share of rows kept out of training, chosen by key hash
     min_auc: float = 0.6                      # a candidate below this AUC on held-out data is not valid
@@ -80,6 +79,8 @@ class _RunSettings:
     serve_max_batch_rows: int = 256           # concurrent /predict requests answered by one model call: rows, at most
     serve_log_batch_rows: int = 500           # inference log rows written per Delta commit (at most)
     serve_log_flush_seconds: float = 2.0      # ... or sooner, when the oldest waiting row is this old
+    serve_routes: dict = field(default_factory=dict)  # {alias = whole percent} of records, summing to 100, e.g. {champion = 90, challenger = 10}; {} = the champion only
+    serve_mode: str = "split"                 # split: each record goes to one alias of serve_routes; shadow: the champion answers, the other alias scores each record off the request path
 
 # %% ../nbs/01_config.ipynb #6bb8631b
 class _DerivedNames:
@@ -121,18 +122,10 @@ class _DerivedNames:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
-# %% ../nbs/01_config.ipynb #5be0572f
+# %% ../nbs/01_config.ipynb #7b278b72
 @dataclass
-class EnvConfig(_RunSettings, _DerivedNames):
-    "The settings of one environment."
-    require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it
-    promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win
-    baseline_auc: float = 0.5                 # what the first champion must beat (no champion to compare with)
-    n_boot: int = 1000                        # bootstrap resamples of the comparison
-    search_spaces: dict = field(default_factory=dict)  # `mlops-nb tune`'s space per model type; a type not named: tuning.DEFAULT_SEARCH_SPACES
-    params_file: str = "conf/params.toml"     # the tuned parameters train reads (tuning writes it), relative to the repository root
-    slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
-    required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
+class _DeploySettings(_RunSettings):
+    "The fields of `EnvConfig` after the run's: deployment to Databricks and notifications."
     # deployment to Databricks (`mlops-nb deploy`, nbs/15_deploy.ipynb)
     repo_path: str = ""                       # workspace Git folder; default /Repos/<env>/mlops-nb
     git_url: str = "https://dev.azure.com/mlops-nb/mlops-nb/_git/mlops-nb"  # remote the Git folder clones
@@ -154,14 +147,32 @@ class EnvConfig(_RunSettings, _DerivedNames):
     notify_webhook_ids: list = field(default_factory=list)  # Databricks notification destination ids told when a run fails
     on_validation_failure: str = "continue"   # no candidate passed validation: continue (a task value says so) or fail the task
 
+# %% ../nbs/01_config.ipynb #5be0572f
+@dataclass
+class EnvConfig(_DeploySettings, _DerivedNames):
+    "The settings of one environment."
+    require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it
+    promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win
+    baseline_auc: float = 0.5                 # what the first champion must beat (no champion to compare with)
+    n_boot: int = 1000                        # bootstrap resamples of the comparison
+    model_types: list = field(default_factory=list)  # several: one train task per type (train_<type>) in a job run; empty: [model_type]
+    search_spaces: dict = field(default_factory=dict)  # `mlops-nb tune`'s space per model type; a type not named: tuning.DEFAULT_SEARCH_SPACES
+    params_file: str = "conf/params.toml"     # the tuned parameters train reads (tuning writes it), relative to the repository root
+    slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
+    required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
+    serve_reload_check_seconds: float = 30.0  # online serving: the server re-reads serve_routes, serve_mode and the aliases this often, and reloads when they changed (0: only on POST /reload)
+
 # %% ../nbs/01_config.ipynb #23271f72
-import math
+import math, re
 _RANGES = {  # setting: (test, what a valid value is), beyond its type
     **{k: (lambda v: 0 <= v <= 1, "a number from 0 to 1") for k in ("min_auc", "decision_threshold", "promote_win_rate", "baseline_auc")},
     "holdout_fraction": (lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)"),
     "monitor_granularity": (lambda v: v in ("hour", "day", "week"), "hour, day or week"),
     "monitor_engine": (lambda v: v in ("auto", "spark", "arrow"), "auto, spark or arrow"),
     "serve_log_flush_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    "serve_routes": (lambda v: _routes_ok(v), "a table of alias = whole percent from 0 to 100, the percents summing to 100 (e.g. {champion = 90, challenger = 10})"),
+    "serve_mode": (lambda v: v in ("split", "shadow"), "split or shadow"),
+    "serve_reload_check_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more (0: only on POST /reload)"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
     "label_horizon_hours": (lambda v: v > 0, "a number of hours above 0"),
@@ -180,6 +191,13 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "slice_floors": (lambda v: all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 <= x <= 1 for x in v.values()),
                      "a table of column = number from 0 to 1"),
 }
+
+# %% ../nbs/01_config.ipynb #5fc0cc45
+def _routes_ok(v:dict) -> bool:
+    "Whole percents from 0 to 100 summing to 100, each under a name MLflow allows as an alias ({}: the champion only)."
+    names = all(re.fullmatch(r"[\w\-]{1,255}", k) and k.lower() != "latest" and not re.fullmatch(r"v\d+", k) for k in v)
+    return not v or (names and all(isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 100 for p in v.values()) and sum(v.values()) == 100)
+
 _TYPES = {"str": (lambda v: isinstance(v, str), "a string"), "bool": (lambda v: isinstance(v, bool), "true or false"),
           "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a whole number"),
           "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), "a number"),
@@ -192,6 +210,14 @@ def _range_ok(r, num=lambda x: _TYPES["float"][0](x)) -> bool:
     if isinstance(r, dict) and set(r) == {"choices"}: return isinstance(r["choices"], list) and len(r["choices"]) > 0
     return (isinstance(r, dict) and {"low", "high"} <= set(r) <= {"low", "high", "log"} and num(r["low"]) and num(r["high"])
             and r["low"] < r["high"] and isinstance(r.get("log", False), bool) and (r["low"] > 0 or not r.get("log")))
+
+# %% ../nbs/01_config.ipynb #4f2b47a8
+def _routes_problem(routes:dict, mode:str) -> str:
+    "What is wrong with `serve_routes` and `serve_mode` together ('' when nothing): shadow needs the champion and exactly one other alias."
+    if mode == "shadow" and not ("champion" in routes and len(routes) == 2):
+        return (f"expected serve_mode = \"shadow\" to come with serve_routes naming the champion and exactly one other alias (the one that "
+                f"scores in the shadow), found serve_routes = {routes!r}; set e.g. serve_routes = {{champion = 100, challenger = 0}}")
+    return ""
 
 # %% ../nbs/01_config.ipynb #f9931549
 SECRET_SETTINGS = ("alert_webhook_url", "notify_emails")  # never printed: `mlops-nb env` says "set"
@@ -220,6 +246,8 @@ def check_settings(env:str, values:dict, overrides:dict=None) -> dict:
     "`values` (floats as floats) when every setting fits its type and range, else one `ConfigError` listing every problem."
     overrides = overrides or {}
     bad = {k: p for k, v in values.items() if (p := setting_problem(k, v))}
+    if not bad.keys() & {"serve_routes", "serve_mode"} and (p := _routes_problem(values.get("serve_routes", {}), values.get("serve_mode", "split"))):
+        bad["serve_mode" if "serve_mode" in values else "serve_routes"] = p
     if bad:
         raise ConfigError(f"{len(bad)} bad setting(s) for env {env}: "
                           + "; ".join(f"{k} ({_setting_origin(env, k, overrides)}): {p}" for k, p in bad.items())

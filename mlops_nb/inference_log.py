@@ -4,20 +4,28 @@
 
 # %% ../nbs/13b_inference_log.ipynb #8e3f8910
 from __future__ import annotations
-import queue, sys, threading, time
+import datetime as _dt, queue, sys, threading, time
 import pyarrow as pa
 from fastcore.basics import patch
 from .core import ParameterError
 
 # %% auto #0
-__all__ = ['INFERENCE_LOG_SCHEMA', 'InferenceLog']
+__all__ = ['INFERENCE_LOG_SCHEMA', 'request_fields', 'InferenceLog']
 
 # %% ../nbs/13b_inference_log.ipynb #48442d4f
 INFERENCE_LOG_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("logged_at", pa.timestamp("us", tz="UTC")), ("method", pa.string()), ("path", pa.string()),
     ("status", pa.int32()), ("latency_ms", pa.float64()), ("inputs", pa.string()), ("outputs", pa.string()),
     ("prediction_ids", pa.list_(pa.string())), ("model_name", pa.string()), ("model_version", pa.string()),
-    ("mlflow_run_id", pa.string()), ("git_sha", pa.string()), ("error", pa.string())])
+    ("mlflow_run_id", pa.string()), ("git_sha", pa.string()), ("error", pa.string()),
+    ("client_request_id", pa.string()), ("date", pa.date32()), ("timestamp_ms", pa.int64()), ("status_code", pa.int32()),
+    ("execution_time_ms", pa.int64()), ("arm", pa.string()), ("shadow_of", pa.string()), ("request", pa.string()), ("response", pa.string())])
+
+def request_fields(request_id:str, client_request_id:str|None, started:float, method:str, path:str, status:int, latency_ms:float) -> dict:
+    "The columns every inference log row of one HTTP request shares (`started`: when it arrived, seconds since the epoch)."
+    return {"request_id": request_id, "client_request_id": client_request_id, "logged_at": _dt.datetime.now(_dt.timezone.utc),
+            "date": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).date(), "timestamp_ms": int(started * 1000),
+            "method": method, "path": path, "status": status, "status_code": status, "latency_ms": latency_ms, "execution_time_ms": round(latency_ms)}
 
 class InferenceLog:
     "Append inference records to a Delta table in batches, from a background thread."
@@ -38,12 +46,24 @@ class InferenceLog:
         try: self.q.put_nowait(record)
         except queue.Full: self.dropped += 1
 
+# %% ../nbs/13b_inference_log.ipynb #55f8ae98
+@patch
+def _add_new_columns(self:InferenceLog):
+    "Add the schema's columns a local table written by an older server lacks (an empty commit that merges the schemas)."
+    from mlops_nb.config import on_databricks
+    from mlops_nb.lakehouse import open_delta, table_exists, table_path
+    if on_databricks() or not table_exists(self.table): return
+    if set(INFERENCE_LOG_SCHEMA.names) - {f.name for f in open_delta(self.table).schema().fields}:
+        from deltalake import write_deltalake
+        write_deltalake(str(table_path(self.table)), INFERENCE_LOG_SCHEMA.empty_table(), mode="append", schema_mode="merge")
+
 # %% ../nbs/13b_inference_log.ipynb #17c04731
 @patch
 def _write(self:InferenceLog, batch:list):
     "Append `batch` to the table in one commit."
     from mlops_nb.lakehouse import write_table
     try:
+        if not self.commits: self._add_new_columns()
         write_table(pa.Table.from_pylist(batch, schema=INFERENCE_LOG_SCHEMA), self.table, mode="append")
         self.written += len(batch); self.commits += 1
     except Exception as e:  # keep serving; say what was lost

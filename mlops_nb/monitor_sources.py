@@ -44,7 +44,7 @@ def appended_files(name:str, after:int, now:int, old:set, files:list) -> list:
 def file_batches(files:list, schema:pa.Schema, columns:list=None, batch_rows:int=BATCH_ROWS):
     "The rows of parquet `files` (`columns` of `schema`; None: all) as Arrow tables of `batch_rows` to twice that, one at a time."
     import pyarrow.parquet as pq
-    want = pa.schema([schema.field(c) for c in (columns or schema.names)])
+    want = pa.schema([schema.field(c) for c in (columns or schema.names) if c in schema.names])   # a column the table never had: left out
     pending, n = [], 0
     for f in files:   # one file, one row group at a time: a dataset scan would read ahead whole files
         pf = pq.ParquetFile(f)
@@ -112,12 +112,14 @@ def arrived_labels(cfg:EnvConfig, now, rows:pa.Table=None) -> pd.DataFrame|None:
     return lab.drop_duplicates(cfg.keys, keep="last")[cfg.keys + [cfg.label]]
 
 # %% ../nbs/09a_monitor_sources.ipynb #a1fac337
-LOG_COLUMNS = ["status", "inputs", "outputs", "prediction_ids", "model_name", "model_version", "logged_at"]
+LOG_COLUMNS = ["status", "inputs", "outputs", "prediction_ids", "model_name", "model_version", "logged_at", "shadow_of"]
 
 def log_rows(log:pa.Table, columns:list=None) -> pd.DataFrame:
-    "The records of the successful `/predict` answers in inference log rows `log` as rows: `columns` of each input record (None: all), probability, prediction id, model, scored_at."
+    "The records of the successful `/predict` answers in inference log rows `log` as rows (shadow scores are not answers): `columns` of each input record (None: all), probability, prediction id, model, scored_at."
     import pyarrow.compute as pc
-    ok = log.filter(pc.and_kleene(pc.equal(log.column("status"), 200), pc.is_valid(log.column("outputs"))))
+    keep = pc.and_kleene(pc.equal(log.column("status"), 200), pc.is_valid(log.column("outputs")))
+    if "shadow_of" in log.column_names: keep = pc.and_kleene(keep, pc.is_null(log.column("shadow_of")))
+    ok = log.filter(keep)
     recs, probs, ids, n = [], [], [], []
     for inp, out, pid in zip(*(ok.column(c).to_pylist() for c in ("inputs", "outputs", "prediction_ids"))):
         r, o = json.loads(inp), json.loads(out)

@@ -161,6 +161,7 @@ def spark_log_reader(cfg:EnvConfig, res:MonitorResult, baselines, now, batch_row
     from pyspark.sql import functions as F, types as T
     log, res.version = spark_new_rows(res.predictions_table, res.after_version)
     ok, acc = log.where((F.col("status") == 200) & F.col("outputs").isNotNull()), SparkWindowProfiles(cfg, baselines)
+    if "shadow_of" in log.columns: ok = ok.where(F.col("shadow_of").isNull())   # shadow scores are not answers
     if ok.isEmpty(): return acc
     pairs = [tuple(r) for r in ok.select("model_name", "model_version").distinct().collect()]
     cols, labels = [c for c in monitored_columns(cfg, baselines, pairs) if c != "probability"], spark_labels(cfg, now)
