@@ -101,7 +101,7 @@ def add_lineage_commands(sub):
     r.add_argument("--tolerance", type=float, default=0.0, help="largest absolute difference that still matches (default 0)")
     json_flag(r)
     m = command(sub, "monitor", "cli:cmd_run", "monitor the predictions scored since the last monitor run (drift and quality)")
-    m.set_defaults(steps="monitor", param=[])   # `run --steps monitor`, its one step
+    m.set_defaults(steps="monitor", param=[], resume=None)   # `run --steps monitor`, its one step
     json_flag(m)
 
 def add_promotion_commands(sub):
