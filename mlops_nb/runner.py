@@ -209,6 +209,9 @@ def _new_job(cfg:EnvConfig, steps, params:dict, job_id:str, info:tuple) -> JobRu
     steps = parse_steps(steps)
     types, rest = model_types_of(cfg, params)
     per_step = check_params(cfg, steps, rest)
+    from mlops_nb.model_types import committed_params
+    for t in (types or [rest.get("model_type") or cfg.model_type]) if "train" in steps else []:
+        committed_params(cfg, t)   # the parameters file's [type]: a ConfigError naming a bad parameter, before anything runs
     return JobRun(new_job_run_id(), job_id, cfg.env, info[0], info[1], steps=job_tasks(steps, per_step, types), params=dict(params))
 
 def _resumed_job(cfg:EnvConfig, job_run_id:str, info:tuple) -> JobRun:

@@ -100,7 +100,7 @@ def test_a_bad_search_space_exits_2_naming_it(fresh, tmp_path):
 
 
 def test_a_params_file_with_an_unknown_parameter(fresh, tmp_path):
-    "tune refuses to keep a broken table of the file; train fails naming the parameter and the file, registering nothing."
+    "tune refuses to keep a broken table of the file; run refuses it before any step (exit 2), naming the parameter and the file."
     src, home, env = fresh
     bad = tmp_path/"params.toml"
     bad.write_text('[logreg]\nCC = 0.5\n')
@@ -112,5 +112,6 @@ def test_a_params_file_with_an_unknown_parameter(fresh, tmp_path):
     conf = tmp_path/"conf.toml"
     conf.write_text(f'[all]\nparams_file = "{bad}"\n')
     r = cli(clean_env(home, src, MLOPS_NB_CONFIG=conf), "run", "--steps", "train", "--param", "model_type=logreg", cwd=src)
-    assert r.returncode != 0 and f"{bad} [logreg]: CC is not a parameter of LogisticRegression" in r.stderr, r.stderr[-3000:]
+    assert r.returncode == 2 and f"{bad} [logreg]: CC is not a parameter of LogisticRegression" in r.stderr, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and not (home/"runs").exists()     # refused before anything ran
     assert mlflow_client(home).search_registered_models() == []
