@@ -145,6 +145,6 @@ def exit_process(code:int=0):
     os._exit(code)
 
 # %% ../nbs/00_core.ipynb #f7953553
-def short_error(e:Exception) -> str:
-    "The first line of an error message, at most 200 characters (the exception's type when it has no message)."
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+def short_error(e:Exception, limit:int=200) -> str:
+    "The first line of an error message, at most `limit` characters (the exception's type when it has no message)."
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:limit]

@@ -202,9 +202,9 @@ class ServedVersions:
                 cfg = await asyncio.to_thread(self.reconfigure, self.cfg)
                 new = await asyncio.to_thread(load_served, cfg, self.loader)
             except Exception as e:
-                self.last_reload = {"at": at, "why": why, "ok": False, "error": f"{type(e).__name__}: {short_error(e)}"}
+                self.last_reload = {"at": at, "why": why, "ok": False, "error": f"{type(e).__name__}: {short_error(e, 1000)}"}
                 return (409 if isinstance(e, MlopsNbError) else 500), {
-                    "detail": f"reload failed, still serving the previous versions: {short_error(e)}", "serving": old.describe()}
+                    "detail": f"reload failed, still serving the previous versions: {short_error(e, 1000)}", "serving": old.describe()}
             self.current, self.reloads = new, self.reloads + 1
             self.last_reload = {"at": at, "why": why, "ok": True, "error": None}
             return 200, {"previous": old.describe(), "serving": new.describe()}

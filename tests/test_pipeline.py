@@ -54,7 +54,7 @@ def test_exactly_one_champion(runs):
     c = home.client()
     assert j1["champion"] == {"name": MODEL, "version": "1"}  # first model ever: promoted
     ev1 = next(s for s in j1["steps"] if s["name"] == "evaluate")
-    assert ev1["outputs"] == {"champion_version": "1", "promoted": "true"}
+    assert ev1["outputs"] == {"champion_version": "1", "promoted": "true", "validation_failed": "false"}
     ev2 = next(s for s in j2["steps"] if s["name"] == "evaluate")
     expected = "2" if ev2["outputs"]["promoted"] == "true" else "1"
     assert j2["champion"] == {"name": MODEL, "version": expected}

@@ -98,15 +98,16 @@ def test_a_90_10_split_routes_each_record_on_its_key(versions, split):
 def test_reload_with_bad_routes_is_a_409_that_keeps_the_old_routes(versions, split):
     c, conf = split["client"], split["config"]
     good = conf.read_text()
-    for bad, why in [("{champion = 90, challenger = 20}", "summing to 100"), ("{champion = 90, blue = 10}", "'blue', which model")]:
-        conf.write_text(f"[dev]\nserve_routes = {bad}\nserve_reload_check_seconds = 1\n")
-        r = c.post("/reload")
-        assert r.status_code == 409 and why in r.json()["detail"], r.text
-        assert r.json()["serving"]["routes"] == {"champion": 90, "challenger": 10}
-        h = c.get("/health").json()["serving"]
-        assert h["last_reload"]["ok"] is False and why in h["last_reload"]["error"], h
-        assert {p["arm"] for p in post(split, [{**RECORD, "id": i} for i in range(200)])["predictions"]} == {"champion", "challenger"}
-    conf.write_text(good)
+    try:
+        for bad, why in [("{champion = 90, challenger = 20}", "summing to 100"), ("{champion = 90, blue = 10}", "'blue', which model")]:
+            conf.write_text(f"[dev]\nserve_routes = {bad}\nserve_reload_check_seconds = 1\n")
+            r = c.post("/reload")
+            assert r.status_code == 409 and why in r.json()["detail"], r.text
+            assert r.json()["serving"]["routes"] == {"champion": 90, "challenger": 10}
+            h = c.get("/health").json()["serving"]
+            assert h["last_reload"]["ok"] is False and why in h["last_reload"]["error"], h
+            assert {p["arm"] for p in post(split, [{**RECORD, "id": i} for i in range(200)])["predictions"]} == {"champion", "challenger"}
+    finally: conf.write_text(good)   # the next tests of this module share the server
     assert c.post("/reload").status_code == 200
 
 
