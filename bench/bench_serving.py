@@ -94,8 +94,18 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
 
+def wait_ready(port: int, path: str, what: str):
+    "Wait (up to 2 minutes) until GET `path` on `port` answers 200."
+    for _ in range(240):
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", path)
+            if c.getresponse().status == 200: return
+        except OSError: time.sleep(0.5)
+    raise SystemExit(f"{what} did not start")
+
+
 def load(a, port: int, path: str) -> dict:
-    "A warm-up, then the measured requests, from a second process."
+    "A warm-up (first predictions import and compile lazily), then the measured requests, from a second process."
     subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", "50", "--concurrency", "1", "--path", path],
                    check=True, stdout=subprocess.DEVNULL)
     out = subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", str(a.requests),
@@ -115,12 +125,7 @@ def run_mlflow_serve(a, env: dict) -> dict:
                                "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)], env=menv,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        for _ in range(240):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/ping")
-                if c.getresponse().status == 200: break
-            except OSError: time.sleep(0.5)
-        else: raise SystemExit("mlflow models serve did not start")
+        wait_ready(port, "/ping", "mlflow models serve")
         return load(a, port, "/invocations")
     finally:
         os.killpg(server.pid, signal.SIGTERM)
@@ -129,21 +134,11 @@ def run_mlflow_serve(a, env: dict) -> dict:
 
 def run_mode(a, env: dict, log_table: str) -> dict:
     "Start `mlops-nb serve` with `env`, warm it up, send the requests from a second process, stop it, count its log rows."
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port", str(port)], env=env)
     try:
-        for _ in range(240):
-            try:
-                c = http.client.HTTPConnection("127.0.0.1", port, timeout=2); c.request("GET", "/health")
-                if c.getresponse().status == 200: break
-            except OSError: time.sleep(0.5)
-        else: raise SystemExit("server did not start")
-        subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", "50", "--concurrency", "1"], check=True,
-                       stdout=subprocess.DEVNULL)  # warm-up: first predictions import and compile lazily
-        out = subprocess.run([sys.executable, __file__, "--client", str(port), "--requests", str(a.requests),
-                              "--concurrency", str(a.concurrency)], check=True, capture_output=True, text=True).stdout
-        res = json.loads(out.strip().splitlines()[-1])
+        wait_ready(port, "/health", "mlops-nb serve")
+        res = load(a, port, "/predict")
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(120)
