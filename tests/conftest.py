@@ -235,3 +235,20 @@ def spark():
 def head_sha() -> str:
     "The repository's current commit."
     return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+
+
+@contextlib.contextmanager
+def webhook_receiver(path: str):
+    "A local HTTP receiver of a webhook (the env's alert webhook): (its URL ending in `path`, every (path, JSON body) POSTed to it)."
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    got = []
+    class Hook(BaseHTTPRequestHandler):
+        def log_message(self, *a): pass
+        def do_POST(self):
+            got.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            self.send_response(204); self.end_headers()
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try: yield f"http://127.0.0.1:{srv.server_address[1]}/{path}", got
+    finally: srv.shutdown(); srv.server_close()

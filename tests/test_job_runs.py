@@ -1,11 +1,10 @@
 """One job run, several model types, resumed after a failure, failing and notifying when no candidate passes:
 `mlops-nb run` as a user runs it (the real CLI, papermill kernels, MLflow), each test in a home of its own."""
 from __future__ import annotations
-import json, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
 from pathlib import Path
 import pytest
-from conftest import MODEL, copy_tables
+from conftest import MODEL, copy_tables, webhook_receiver
 
 SECRET = "hooks/job-failures-0123456789-SECRET"
 
@@ -72,16 +71,7 @@ def test_resume_runs_what_did_not_succeed_and_registers_nothing_twice(make_home,
 @pytest.fixture
 def receiver():
     "A local HTTP receiver of the env's webhook: it keeps every JSON body POSTed to it."
-    got = []
-    class Hook(BaseHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def do_POST(self):
-            got.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(204); self.end_headers()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/{SECRET}", got
-    srv.shutdown(); srv.server_close()
+    with webhook_receiver(SECRET) as r: yield r
 
 
 def test_no_passing_candidate_fails_evaluate_and_notifies(make_home, demo_tables, receiver, tmp_path):

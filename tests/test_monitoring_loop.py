@@ -2,10 +2,9 @@
 env's rules, tells a local webhook (whose URL holds a secret never printed), and the retraining its alert asks for runs
 as a new job run tagged with the alert, which `mlops-nb trace` names."""
 from __future__ import annotations
-import json, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import json
 import pytest
-from conftest import MODEL
+from conftest import MODEL, webhook_receiver
 
 SECRET = "hooks/T0KEN-5ecret-abc123"
 ALERTS = "dev.mlops_nb.alerts"
@@ -30,16 +29,7 @@ direction = "above"
 @pytest.fixture(scope="module")
 def receiver():
     "A local HTTP receiver of the alert webhook: it keeps every JSON body POSTed to it."
-    got = []
-    class Hook(BaseHTTPRequestHandler):
-        def log_message(self, *a): pass
-        def do_POST(self):
-            got.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self.send_response(204); self.end_headers()
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}/{SECRET}", got
-    srv.shutdown(); srv.server_close()
+    with webhook_receiver(SECRET) as r: yield r
 
 
 @pytest.fixture(scope="module")
