@@ -1,18 +1,22 @@
 """Benchmark of online serving: single-record requests at a fixed concurrency against the real `mlops-nb serve`.
 
-Starts the server (uvicorn, one process) on a free loopback port with an `hgb` champion, then a second process
-sends the requests over keep-alive HTTP connections, one thread per connection, and reports p50 and p99 latency,
-requests/s and errors; then stops the server (SIGTERM) and checks that the inference log holds every answer. The
-same in one run for three servers: the champion only, a 90/10 split with an `hgb` challenger, and shadow mode (the
-challenger scores every record off the request path; its rows counted apart), and, on the same champion and load,
-what a user would run instead: `mlflow models serve -m models:/<name>@champion --env-manager local` (`/invocations`).
+Starts every server once (uvicorn, one process each, on free loopback ports) with an `hgb` champion, then, round
+after round, a second process sends each server in turn the same requests over keep-alive HTTP connections, one
+thread per connection, and reports p50 and p99 latency, requests/s and errors, and each round's ratios (the servers
+of one round ran back to back, so a ratio is a pair's; the summary is the median of the rounds). Then it stops the
+servers (SIGTERM) and checks that each inference log holds every answer. The servers: the champion only, a 90/10
+split with an `hgb` challenger, and shadow mode (the challenger scores every record off the request path; its rows
+counted apart), and, on the same champion and load,
+what a user would run instead: `mlflow models serve -m models:/<name>@champion --env-manager local` (`/invocations`),
+and the limit of the stack itself: a no-op endpoint (FastAPI on uvicorn, one process, the same uvicorn settings) that
+reads the body and answers a constant, under the same load.
 
-    .venv/bin/python bench/bench_serving.py                       # 5,000 requests at concurrency 16
-    .venv/bin/python bench/bench_serving.py --requests 20000 --concurrency 32
-Environment: MLOPS_NB_BENCH_REQUESTS, MLOPS_NB_BENCH_CONCURRENCY (same as the flags).
+    .venv/bin/python bench/bench_serving.py                       # 2 rounds of 5,000 requests at concurrency 16
+    .venv/bin/python bench/bench_serving.py --requests 2000 --rounds 3
+Environment: MLOPS_NB_BENCH_REQUESTS, MLOPS_NB_BENCH_CONCURRENCY, MLOPS_NB_BENCH_ROUNDS (same as the flags).
 """
 from __future__ import annotations
-import argparse, http.client, json, os, signal, socket, subprocess, sys, tempfile, threading, time
+import argparse, http.client, json, os, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 from pathlib import Path
 
 RECORD = {"age": 40.0, "income": 52000.0, "tenure_years": 3.5, "visits": 2.0, "balance": 0.3, "engagement": 0.6,
@@ -53,6 +57,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_REQUESTS", 5000)))
     ap.add_argument("--concurrency", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_CONCURRENCY", 16)))
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_ROUNDS", 2)))
     ap.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--path", default="/predict", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -66,27 +71,51 @@ def main():
     import mlflow
     from scoring_helpers import make_champion
     first = make_champion(rows=20_000, model_type="hgb")
-    make_champion(rows=20_000, model_type="hgb")   # the champion; the first version is the challenger
+    second = make_champion(rows=20_000, model_type="hgb")   # the champion; the first version is the challenger
+    assert first.version != second.version, (first.version, second.version)
     mlflow.MlflowClient().set_registered_model_alias("dev.mlops_nb.demo_model", "challenger", first.version)
+    print(f"champion v{second.version}, challenger v{first.version} (both hgb on 20,000 rows)", flush=True)
     modes = {"champion only": "", "90/10 split": "serve_routes = {champion = 90, challenger = 10}\n",
              "shadow": 'serve_routes = {champion = 100, challenger = 0}\nserve_mode = "shadow"\n'}
-    results = {}
-    for k, (mode, routes) in enumerate(modes.items()):
-        (home/f"c{k}.toml").write_text(f'[dev]\ninference_log_table = "log{k}"\n{routes}')
-        results[mode] = run_mode(a, dict(env, MLOPS_NB_CONFIG=str(home/f"c{k}.toml")), f"dev.mlops_nb.log{k}")
-    mlflow_res = run_mlflow_serve(a, env)
-    base = results["champion only"]
-    for mode, res in results.items():
-        print(f"{mode}: {res['requests']:,} single-record requests at concurrency {res['concurrency']} from a second process on loopback: "
-              f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms ({res['p99_ms'] / base['p99_ms'] - 1:+.0%} against champion only), "
-              f"{res['req_per_s']:,.0f} req/s, {res['errors']} errors; inference log rows: {res['answer_rows']:,} answers "
-              f"(expected {res['ok'] + 50:,}), {res['shadow_rows']:,} shadow scores")
-    m = mlflow_res
-    print(f"mlflow models serve (same champion, same load, /invocations): p50 {m['p50_ms']:.1f} ms, p99 {m['p99_ms']:.1f} ms, "
-          f"{m['req_per_s']:,.0f} req/s, {m['errors']} errors")
-    for mode, res in results.items():
-        print(f"  {mode}: {res['req_per_s'] / m['req_per_s']:.1f}x its requests/s, p99 {res['p99_ms'] / m['p99_ms']:.2f} of its")
-    print(json.dumps({**results, "mlflow models serve": m}))
+    servers = {}
+    try:
+        for k, (mode, routes) in enumerate(modes.items()):
+            (home/f"c{k}.toml").write_text(f'[dev]\ninference_log_table = "log{k}"\n{routes}')
+            servers[mode] = start_ours(dict(env, MLOPS_NB_CONFIG=str(home/f"c{k}.toml")), f"dev.mlops_nb.log{k}")
+        servers["mlflow models serve"] = start_mlflow_serve(env)
+        servers["no-op endpoint"] = start_noop(env)
+        rounds = []
+        for r in range(a.rounds):
+            rounds.append({name: load(a, srv["port"], srv["path"]) for name, srv in servers.items()})
+            report_round(r + 1, rounds[-1])
+    finally:
+        for srv in servers.values(): stop(srv)
+    for mode in modes:
+        log = log_rows(servers[mode]["log"])
+        ok = sum(res[mode]["ok"] for res in rounds) + 50 * a.rounds
+        print(f"{mode}: inference log rows: {log['answer_rows']:,} answers (expected {ok:,}), {log['shadow_rows']:,} shadow scores")
+    summary = {k: statistics.median(rd[k] for rd in map(ratios, rounds)) for k in ratios(rounds[0])}
+    print(f"median of {a.rounds} round(s): " + "; ".join(f"{k} {v:.2f}" for k, v in summary.items()))
+    print(json.dumps({"rounds": rounds, "median_ratios": summary}))
+
+
+def ratios(res: dict) -> dict:
+    "One round's ratios: ours against mlflow models serve, the modes against champion only, champion only against the no-op endpoint."
+    base, m, noop = res["champion only"], res["mlflow models serve"], res["no-op endpoint"]
+    out = {}
+    for mode in ("champion only", "90/10 split", "shadow"):
+        out[f"{mode} req/s over mlflow's"] = res[mode]["req_per_s"] / m["req_per_s"]
+        out[f"{mode} p99 over mlflow's"] = res[mode]["p99_ms"] / m["p99_ms"]
+    for mode in ("90/10 split", "shadow"): out[f"{mode} p99 over champion only's"] = res[mode]["p99_ms"] / base["p99_ms"]
+    out["champion only req/s over the no-op endpoint's"] = base["req_per_s"] / noop["req_per_s"]
+    return out
+
+
+def report_round(n: int, res: dict):
+    for name, r in res.items():
+        print(f"round {n}, {name}: {r['requests']:,} single-record requests at concurrency {r['concurrency']}: p50 {r['p50_ms']:.1f} ms, "
+              f"p99 {r['p99_ms']:.1f} ms, {r['req_per_s']:,.0f} req/s, {r['errors']} errors", flush=True)
+    print(f"round {n} ratios: " + "; ".join(f"{k} {v:.2f}" for k, v in ratios(res).items()), flush=True)
 
 
 def free_port() -> int:
@@ -113,40 +142,50 @@ def load(a, port: int, path: str) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def run_mlflow_serve(a, env: dict) -> dict:
+def started(cmd: list, env: dict, path: str, ready: str, what: str, log: str = None) -> dict:
+    "Start a server process on a free port (`cmd` ends with the port) and wait until GET `ready` answers."
+    port = free_port()
+    proc = subprocess.Popen([*cmd, str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    srv = {"port": port, "proc": proc, "path": path, "log": log}
+    try: wait_ready(port, ready, what)
+    except BaseException: stop(srv); raise
+    return srv
+
+
+def stop(srv: dict):
+    "SIGTERM to the server's process group (it flushes its inference log), and wait."
+    if srv["proc"].poll() is None: os.killpg(srv["proc"].pid, signal.SIGTERM)
+    srv["proc"].wait(120)
+
+
+def start_ours(env: dict, log_table: str) -> dict:
+    "`mlops-nb serve` with `env`."
+    return started([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port"], env, "/predict", "/health",
+                   "mlops-nb serve", log_table)
+
+
+def start_mlflow_serve(env: dict) -> dict:
     "`mlflow models serve` of the champion on the same store, loaded like ours."
     from mlops_nb.config import load_config
     from mlops_nb.mlflow_store import configure_mlflow, tracking_uri
     cfg = load_config("dev"); configure_mlflow(cfg)
-    port = free_port()
     menv = dict(env, MLFLOW_TRACKING_URI=tracking_uri(), MLFLOW_REGISTRY_URI=tracking_uri(),
                 PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}")  # it starts `uvicorn` from PATH
-    server = subprocess.Popen([str(Path(sys.executable).parent/"mlflow"), "models", "serve", "-m", f"models:/{cfg.registered_model}@champion",
-                               "--env-manager", "local", "--host", "127.0.0.1", "-p", str(port)], env=menv,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_ready(port, "/ping", "mlflow models serve")
-        return load(a, port, "/invocations")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(120)
+    return started([str(Path(sys.executable).parent/"mlflow"), "models", "serve", "-m", f"models:/{cfg.registered_model}@champion",
+                    "--env-manager", "local", "--host", "127.0.0.1", "-p"], menv, "/invocations", "/ping", "mlflow models serve")
 
 
-def run_mode(a, env: dict, log_table: str) -> dict:
-    "Start `mlops-nb serve` with `env`, warm it up, send the requests from a second process, stop it, count its log rows."
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent/"mlops-nb"), "serve", "--env", "dev", "--port", str(port)], env=env)
-    try:
-        wait_ready(port, "/health", "mlops-nb serve")
-        res = load(a, port, "/predict")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(120)
+def start_noop(env: dict) -> dict:
+    "The no-op endpoint (bench/noop_endpoint.py)."
+    return started([sys.executable, str(Path(__file__).parent/"noop_endpoint.py")], env, "/predict", "/health", "the no-op endpoint")
+
+
+def log_rows(log_table: str) -> dict:
+    "The answers and the shadow scores an inference log holds."
     from mlops_nb.lakehouse import read_table
     log = read_table(log_table).data
     ok = (log.path == "/predict") & (log.status == 200)
-    res["answer_rows"], res["shadow_rows"] = int((ok & log.shadow_of.isna()).sum()), int((ok & log.shadow_of.notna()).sum())
-    return res
+    return {"answer_rows": int((ok & log.shadow_of.isna()).sum()), "shadow_rows": int((ok & log.shadow_of.notna()).sum())}
 
 
 if __name__ == "__main__":

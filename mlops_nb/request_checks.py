@@ -5,7 +5,7 @@
 # %% ../nbs/13a_request_checks.ipynb #57a9b00f
 from __future__ import annotations
 import json
-import pandas as pd
+import numpy as np, pandas as pd
 
 # %% auto #0
 __all__ = ['record_errors', 'records_frame']
@@ -43,10 +43,11 @@ def record_errors(body,        # the parsed JSON body
 # %% ../nbs/13a_request_checks.ipynb #74fcd86f
 _PANDAS_TYPES = {"double": "float64", "float": "float32", "long": "int64", "integer": "int32", "boolean": "bool"}
 
+def _typed(values:list, t:str|None):
+    "One column of checked values with the type `t` (a NumPy dtype; None: as pandas infers it, as for an integer column with a null)."
+    if t is None or (t.startswith("int") and any(v is None for v in values)): return values
+    return np.array(values, dtype=t)   # a null of a float column: NaN
+
 def records_frame(records:list, inputs:list) -> pd.DataFrame:
     "Checked records as the data frame the model takes: its columns, in order, with its types; missing optional values as nulls."
-    df = pd.DataFrame({c.name: [r.get(c.name) for r in records] for c in inputs})
-    for c in inputs:
-        t = _PANDAS_TYPES.get(c.type)
-        if t and not (t.startswith("int") and df[c.name].isna().any()): df[c.name] = df[c.name].astype(t)
-    return df
+    return pd.DataFrame({c.name: _typed([r.get(c.name) for r in records], _PANDAS_TYPES.get(c.type)) for c in inputs}, copy=False)

@@ -4,23 +4,22 @@
 
 # %% ../nbs/14_serving.ipynb #de9f3430
 from __future__ import annotations
-import asyncio, collections, contextlib, hmac, json, os, sys, time, uuid
+import asyncio, contextlib, hmac, json, os, sys, time, uuid
 from typing import Callable
 import numpy as np
-from .core import ParameterError, short_error
+from .core import short_error
 from .config import EnvConfig
-from .model_input import InputColumn
 from .scoring import prediction_id
-from .request_checks import record_errors, records_frame
+from .request_checks import record_errors
 from .inference_log import InferenceLog, request_fields
+from .micro_batching import MicroBatcher
 from .routing import LoadedModel, Served, ServedVersions, load_alias, record_keys, record_rows, routes_signature, served_answer
 from .variables import SERVE_TOKEN
-from fastcore.basics import patch
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
 from fastapi.responses import JSONResponse
 
 # %% auto #0
-__all__ = ['load_champion', 'MicroBatcher', 'create_app', 'cmd_serve']
+__all__ = ['SHADOW_LINGER_SECONDS', 'load_champion', 'create_app', 'cmd_serve']
 
 # %% ../nbs/14_serving.ipynb #ce5ec0a8
 def load_champion(cfg:EnvConfig) -> LoadedModel:
@@ -84,75 +83,9 @@ def _check_body(body:bytes, inputs:list):
     if errs: return None, (422, {"detail": errs}, {"inputs": json.dumps(records)[:10_000], "error": json.dumps(errs)[:10_000]})
     return records, None
 
-# %% ../nbs/14_serving.ipynb #046ade58
-def _predict_batch(m:LoadedModel, requests:list) -> list:
-    "For each request (a list of records), its probabilities from one call of `m`; if that call fails, each request alone (its exception in its place)."
-    def one(records):
-        proba = np.asarray(m.predict(records_frame(records, m.inputs)), dtype="float64")
-        if proba.shape != (len(records),): raise ValueError(f"the model returned {proba.shape} probabilities for {len(records)} records")
-        return proba
-    sizes = [len(r) for r in requests]
-    try: return np.split(one([rec for records in requests for rec in records]), np.cumsum(sizes)[:-1])
-    except Exception as e:
-        if len(requests) == 1: return [e]
-    out = []
-    for records in requests:
-        try: out.append(one(records))
-        except Exception as e: out.append(e)
-    return out
-
-# %% ../nbs/14_serving.ipynb #4adf56fd
-class MicroBatcher:
-    "Answer concurrent requests with one model call per version: requests that arrive while the model is busy go together in the next call."
-    def __init__(self, max_rows:int=256,   # rows per model call, at most; a larger request goes alone
-                ):
-        if max_rows < 1: raise ParameterError(f"micro-batching: expected serve_max_batch_rows >= 1, found {max_rows}")
-        self.max_rows = max_rows
-        self.waiting, self.task = collections.deque(), None
-        self.calls = self.requests = self.rows = 0   # model calls, and the requests and rows they answered
-
-    async def predict(self, records:list, model:LoadedModel):
-        "The probabilities `model` gives checked `records`, computed together with whatever else waits for `model`."
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self.waiting.append((records, fut, model))
-        if self.task is None: self.task = loop.create_task(self._drain())
-        return await fut
-
-# %% ../nbs/14_serving.ipynb #b885dc30
-@patch
-def _take(self:MicroBatcher) -> tuple:
-    "The next call's model and requests: the first waiting request's model, and the requests waiting for it in arrival order, up to `max_rows` rows (always one)."
-    m, batch, rest, n = self.waiting[0][2], [], collections.deque(), 0
-    while self.waiting:
-        item = self.waiting.popleft()
-        if item[2] is m and (not batch or n + len(item[0]) <= self.max_rows): batch.append(item); n += len(item[0])
-        else: rest.append(item)
-    self.waiting = rest
-    return m, batch
-
-@patch
-async def _drain(self:MicroBatcher):
-    "Call the model until nothing waits."
-    batch = []
-    try:
-        while self.waiting:
-            m, batch = self._take()
-            results = await asyncio.to_thread(_predict_batch, m, [records for records, _, _ in batch])
-            for (_, fut, _), res in zip(batch, results):
-                if fut.done(): continue   # the client went away
-                if isinstance(res, BaseException): fut.set_exception(res)
-                else: fut.set_result(res)
-            self.calls += 1; self.requests += len(batch); self.rows += sum(len(r) for r, _, _ in batch)
-            batch = []
-    except BaseException as e:  # cancelled at shutdown, or a bug here: nobody may wait forever
-        for _, fut, _ in [*batch, *self.waiting]:
-            if not fut.done(): fut.set_exception(RuntimeError(f"micro-batching stopped: {type(e).__name__}"))
-        self.waiting.clear()
-        raise
-    finally: self.task = None
-
 # %% ../nbs/14_serving.ipynb #11aa274d
+SHADOW_LINGER_SECONDS = 0.1   # the shadow batcher waits this long for more records before each call
+
 async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:list) -> np.ndarray:
     "The probability of each record from its arm's version: one micro-batched call per version."
     groups = {}
@@ -266,7 +199,7 @@ def create_app(cfg:EnvConfig,          # the env: model, routes, inference log t
     st = app.state
     st.versions = ServedVersions(cfg, loader, reconfigure, watch if watch is not None or loader is not None else routes_signature)
     st.threshold, st.limit, st.keys, st.check_seconds = cfg.decision_threshold, cfg.serve_max_body_bytes, cfg.keys, cfg.serve_reload_check_seconds
-    st.batcher, st.shadow_batcher = MicroBatcher(cfg.serve_max_batch_rows), MicroBatcher(cfg.serve_max_batch_rows)
+    st.batcher, st.shadow_batcher = MicroBatcher(cfg.serve_max_batch_rows), MicroBatcher(cfg.serve_max_batch_rows, SHADOW_LINGER_SECONDS)
     st.shadow_stats, st.shadow_tasks, st.shadow_limit = {"scored": 0, "failed": 0, "dropped": 0, "pending": 0}, set(), 100 * cfg.serve_max_batch_rows
     st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
 

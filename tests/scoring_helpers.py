@@ -19,8 +19,10 @@ def home_environ(home: Path, **extra):
         os.environ.clear(); os.environ.update(saved)
 
 
+_CALLS = []
+
 def make_champion(rows: int = 3000, model_type: str = "logreg"):
-    "Write demo tables in the current home, train one model version and make it champion; return the TrainResult."
+    "Write demo tables in the current home, train one model version and make it champion; return the TrainResult (each call its own job run, so its own version)."
     import mlflow
     from mlops_nb.config import load_config
     from mlops_nb.context import resolve_context
@@ -28,7 +30,8 @@ def make_champion(rows: int = 3000, model_type: str = "logreg"):
     from mlops_nb.training import train_candidate
     cfg = load_config("dev")
     write_demo_tables(cfg, rows=rows)
-    ctx = resolve_context(run_id="local-20260101T000000-000000", **{**CONTEXT, "task_key": "train"})
+    _CALLS.append(model_type)   # train registers one version per job run and task: a new run id per call
+    ctx = resolve_context(run_id=f"local-20260101T000000-{len(_CALLS):06d}", **{**CONTEXT, "task_key": "train"})
     res = train_candidate(ctx, cfg, model_type=model_type)
     mlflow.MlflowClient().set_registered_model_alias(cfg.registered_model, "champion", res.version)
     return res
