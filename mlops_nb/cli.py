@@ -141,11 +141,18 @@ def add_deploy_commands(sub):
     json_flag(d, "print a JSON summary on stdout (progress on stderr)")
 
 def add_serving_commands(sub):
-    "`serve` and `ui` (MLflow's UI on the local store)."
+    "`serve`, `compare-online` (the served versions compared on the labels that arrived) and `ui` (MLflow's UI on the local store)."
     s = command(sub, "serve", "serving:cmd_serve", "serve the champion over HTTP (FastAPI on uvicorn)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"), help="uvicorn's log level")
+    c = command(sub, "compare-online", "online_comparison:cmd_compare_online", "compare the served challenger with the champion on the "
+                "labels that arrived (paired on shadow pairs, unpaired across A/B arms); record the decision; --promote acts on it")
+    c.add_argument("--since", default=None, metavar="WHEN", help="window start: ISO date/time or 90m, 24h, 7d, 2w (default: the challenger's first record)")
+    c.add_argument("--challenger", default=None, metavar="N", help="the version to compare (default: the challenger alias's, else the other one logged)")
+    c.add_argument("--n-boot", type=int, default=None, metavar="N", help="bootstrap resamples (default the env's n_boot)")
+    c.add_argument("--promote", action="store_true", help="move champion to the challenger when the env's rule holds (trigger=online)")
+    json_flag(c, "print the decision record as JSON")
     u = command(sub, "ui", "mlflow_store:cmd_ui", "start MLflow's UI on the env's local store (never creates one)")
     u.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     u.add_argument("--port", type=int, default=5000, help="port (default 5000)")
