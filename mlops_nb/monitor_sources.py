@@ -12,7 +12,7 @@ from .lakehouse import open_delta, table_exists, table_path
 
 # %% auto #0
 __all__ = ['BATCH_ROWS', 'LOG_COLUMNS', 'new_files', 'check_read_up_to', 'appended_files', 'file_batches', 'added_rows',
-           'key_filter', 'matching_rows', 'missing_inputs', 'with_features', 'arrived_labels', 'log_rows']
+           'key_filter', 'matching_rows', 'missing_inputs', 'with_features', 'arrived_labels', 'labels_of', 'log_rows']
 
 # %% ../nbs/09a_monitor_sources.ipynb #9e430629
 BATCH_ROWS = 250_000  # rows the monitor holds at once (a setting later): about 1 KB each while a batch is joined and profiled
@@ -110,6 +110,14 @@ def arrived_labels(cfg:EnvConfig, now, rows:pa.Table=None) -> pd.DataFrame|None:
     lab = d.to_table(columns=cols).to_pandas() if rows is None else matching_rows(d, cfg.keys, rows, cols)
     lab = lab[pd.to_datetime(lab.labeled_at, utc=True) <= now].sort_values("labeled_at", kind="stable")
     return lab.drop_duplicates(cfg.keys, keep="last")[cfg.keys + [cfg.label]]
+
+# %% ../nbs/09a_monitor_sources.ipynb #1ab5e1a2
+def labels_of(cfg:EnvConfig, frame:pd.DataFrame, now) -> np.ndarray|None:
+    "The label arrived by `now` for the keys of each row of `frame` (whose key columns hold no nulls), in its order, NaN where none has; None without a labels table."
+    lab = arrived_labels(cfg, now, pa.Table.from_pandas(frame[cfg.keys], preserve_index=False))
+    if lab is None: return None
+    at = pd.MultiIndex.from_frame(frame[cfg.keys]) if len(cfg.keys) > 1 else pd.Index(frame[cfg.keys[0]])
+    return lab.set_index(cfg.keys)[cfg.label].reindex(at).to_numpy(dtype="float64")
 
 # %% ../nbs/09a_monitor_sources.ipynb #a1fac337
 LOG_COLUMNS = ["status", "inputs", "outputs", "prediction_ids", "model_name", "model_version", "logged_at", "shadow_of"]

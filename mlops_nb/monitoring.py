@@ -14,7 +14,7 @@ from .profiles import profile_on, profile_from_json, merge_profiles
 from .drift import drift_statistics, drift_verdict
 from .quality import quality_metrics, estimated_auc
 from .training import BASELINE_PROFILE
-from .monitor_sources import (BATCH_ROWS, new_files, file_batches, added_rows, with_features, arrived_labels,
+from .monitor_sources import (BATCH_ROWS, new_files, file_batches, added_rows, with_features, arrived_labels, labels_of,
                                       log_rows, LOG_COLUMNS)
 
 # %% auto #0
@@ -180,10 +180,7 @@ def monitored_columns(cfg, baselines, pairs) -> list:
 def _with_labels(cfg, frame:pd.DataFrame, now) -> pd.DataFrame:
     "`frame` with `_label`, the label arrived by `now` for its keys (none when it lacks a key column or the env has no labels)."
     if any(k not in frame or frame[k].isna().all() for k in cfg.keys): return frame
-    lab = arrived_labels(cfg, now, pa.Table.from_pandas(frame[cfg.keys], preserve_index=False))
-    if lab is not None:   # a column added in place: a merge would copy the whole batch
-        at = pd.MultiIndex.from_frame(frame[cfg.keys]) if len(cfg.keys) > 1 else pd.Index(frame[cfg.keys[0]])
-        frame["_label"] = lab.set_index(cfg.keys)[cfg.label].reindex(at).to_numpy()
+    if (y := labels_of(cfg, frame, now)) is not None: frame["_label"] = y   # a column added in place: a merge would copy the whole batch
     return frame
 
 

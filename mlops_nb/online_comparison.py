@@ -12,7 +12,7 @@ from .config import EnvConfig
 from .lakehouse import table_exists
 from .bootstrap import Comparison, bootstrap_auc, check_n_boot, compare_auc, plot_bootstrap
 from .evaluation import Decision, decide
-from .monitor_sources import LOG_COLUMNS, arrived_labels, file_batches, log_rows, new_files
+from .monitor_sources import LOG_COLUMNS, file_batches, labels_of, log_rows, new_files
 
 # %% auto #0
 __all__ = ['RECORD_COLUMNS', 'parse_since', 'log_records', 'read_log', 'pick_challenger', 'in_window', 'with_labels',
@@ -86,14 +86,11 @@ def in_window(records:pd.DataFrame, champion:str, challenger:str, since=None) ->
 
 # %% ../nbs/13d_online_comparison.ipynb #e4f1ac62
 def with_labels(cfg:EnvConfig, records:pd.DataFrame, now) -> pd.DataFrame:
-    "`records` with `label`: the label arrived by `now` for each record's keys (`arrived_labels`), NaN where none has."
+    "`records` with `label`: the label arrived by `now` for each record's keys (`labels_of`), NaN where none has."
     out = records.assign(label=np.nan)
     keyed = out.dropna(subset=cfg.keys)
     if keyed.empty: return out
-    lab = arrived_labels(cfg, now, pa.Table.from_pandas(keyed[cfg.keys], preserve_index=False))
-    if lab is None or lab.empty: return out
-    at = pd.MultiIndex.from_frame(keyed[cfg.keys]) if len(cfg.keys) > 1 else pd.Index(keyed[cfg.keys[0]])
-    out.loc[keyed.index, "label"] = lab.set_index(cfg.keys)[cfg.label].reindex(at).to_numpy(dtype="float64")
+    if (y := labels_of(cfg, keyed, now)) is not None: out.loc[keyed.index, "label"] = y
     return out
 
 # %% ../nbs/13d_online_comparison.ipynb #b4929243
