@@ -68,7 +68,7 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "serve_routes": (lambda v: _routes_ok(v), "a table of alias = whole percent from 0 to 100, the percents summing to 100 (e.g. {champion = 90, challenger = 10})"),
     "serve_mode": (lambda v: v in ("split", "shadow"), "split or shadow"),
     "serve_reload_check_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more (0: only on POST /reload)"),
-    "serving_endpoint": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,63}", v) is not None, "letters, digits, - and _ (at most 63), or empty for mlops-nb-<env>"),
+    "serving_endpoint": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None, "letters, digits, - and _, or empty for mlops-nb-<env>"),
     "serving_workload_size": (lambda v: v in ("Small", "Medium", "Large"), "Small, Medium or Large"),
     "serving_ready_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),

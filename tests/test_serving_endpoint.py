@@ -207,6 +207,8 @@ def test_code_options_are_refused_with_serving(env, capsys):
     s = env
     rc, out, err = deploy(capsys, "--env", "dev", "--git-ref", "main", "--run")
     assert rc == 2 and s.calls == [] and "found --git-ref, --run" in err
+    rc, out, err = deploy(capsys, "--env", "dev", "--serving-timeout", "0")
+    assert rc == 2 and s.calls == [] and "--serving-timeout: expected a number of seconds above 0, found 0" in err
     rc = main(["deploy", "--env", "dev", "--serving-timeout", "5"])
     assert rc == 2 and "--serving-timeout applies to deploy --serving only" in capsys.readouterr().err
 
