@@ -130,6 +130,11 @@ def _state(ep) -> tuple:
     st = ep.state
     return (st.ready.value if st and st.ready else "UNKNOWN", st.config_update.value if st and st.config_update else "UNKNOWN")
 
+def _serving(ep) -> bool:
+    "True when `ep` serves its config: READY, and no update in progress (an earlier update that failed left the config it had)."
+    ready, update = _state(ep)
+    return ready == "READY" and update != "IN_PROGRESS"
+
 def wait_ready(w, name:str, timeout_seconds:float, out=print, sleep=time.sleep):
     "Endpoint `name` once it is READY and not updating; a `DeploymentError` when its update fails or `timeout_seconds` pass first."
     start, attempt = time.monotonic(), 0
@@ -194,7 +199,7 @@ def deploy_serving(env:str,                      # dev, staging or prod
     summary = _summary(cfg, served, actions, dry_run)
     if dry_run: return summary
     apply_endpoint(w, cfg, served, actions)
-    if actions or _state(ep) != ("READY", "NOT_UPDATING"): ep = wait_ready(w, name, timeout, out)
+    if actions or not _serving(ep): ep = wait_ready(w, name, timeout, out)
     cv = ep.config.config_version if ep.config else None
     out(f"serving endpoint {name} is ready (config version {cv}): {served_text(cfg, served)}")
     return {**summary, "state": "READY", "config_version": cv}

@@ -151,8 +151,28 @@ def test_a_failed_update_is_an_error(env, capsys):
     rc, out, err = deploy(capsys, "--env", "dev")
     assert rc == 1 and f"the config update of serving endpoint {EP} ended UPDATE_FAILED" in err
     assert served(s) == {"demo_model-1": (MODEL, "1", "Small", True, 100)}   # the old config stays
+    calls = len(s.mutating_calls())
+    s.aliases(champion=1)   # back to the version it serves: current, though its last update failed
+    rc, out, err = deploy(capsys, "--env", "dev")
+    assert (rc, len(s.mutating_calls())) == (0, calls) and out.startswith(f"serving endpoint {EP} is current"), err
+    s.aliases(champion=2)
     s.update_result = "NOT_UPDATING"   # fixed: the next deploy updates it
     assert deploy(capsys, "--env", "dev")[0] == 0 and served(s) == {"demo_model-2": (MODEL, "2", "Small", True, 100)}
+
+
+def test_an_update_under_way_is_waited_for_first(env, capsys):
+    s = env
+    s.ready_after_polls = None
+    assert deploy(capsys, "--env", "dev", "--serving-timeout", "1")[0] == 1   # left updating
+    s.ready_after_polls = s.endpoints[EP]["_polls"] + 3   # the update ends on the third get from now
+    s.aliases(champion=2)
+    rc, out, err = deploy(capsys, "--env", "dev")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == f"serving endpoint {EP} is being updated; waiting for that update first"
+    assert lines.index(next(l for l in lines if l.startswith("update serving endpoint"))) > 0
+    assert [p.rsplit("/", 1)[1] for _, p, _, _ in s.mutating_calls()] == ["serving-endpoints", "config"]
+    assert served(s) == {"demo_model-2": (MODEL, "2", "Small", True, 100)}
 
 
 def test_503s_are_retried(env, capsys):
