@@ -12,8 +12,8 @@ from .workspace import call_api, workspace_client
 
 # %% auto #0
 __all__ = ['endpoint_routes', 'ServedVersion', 'resolve_served', 'table_prefix', 'desired_spec', 'current_spec', 'EndpointAction',
-           'served_text', 'plan_endpoint', 'apply_endpoint', 'wait_ready', 'get_endpoint', 'deploy_serving',
-           'cmd_deploy_serving']
+           'served_text', 'plan_endpoint', 'apply_endpoint', 'wait_ready', 'get_endpoint', 'shadow_note',
+           'deploy_serving', 'cmd_deploy_serving']
 
 # %% ../nbs/15a_serving_endpoint.ipynb #fe1079fe
 def endpoint_routes(cfg:EnvConfig) -> dict:
@@ -163,6 +163,14 @@ def get_endpoint(w, name:str):
         except NotFound: return None
     return call_api(f"reading serving endpoint {name}", get)
 
+def shadow_note(served:list) -> str:
+    "What `serve_mode = shadow` becomes on Databricks, as one line."
+    head = "note: serve_mode = shadow has no equivalent on Databricks Model Serving: "
+    shadow = next((s for s in served if s.traffic == 0), None)
+    if shadow is None: return head + f"the shadow alias is on the champion's version ({served[0].name}), served once, with all the traffic"
+    return head + (f"{shadow.name} ({', '.join(shadow.aliases)}) is served with 0% of the traffic (query it by its served entity's name) "
+                   "and the champion answers every request")
+
 def _summary(cfg, served, actions, dry_run) -> dict:
     "What `deploy_serving` returns, before the endpoint's state."
     return dict(env=cfg.env, endpoint=cfg.serving_endpoint_name, dry_run=dry_run, actions=[a.text for a in actions],
@@ -184,10 +192,7 @@ def deploy_serving(env:str,                      # dev, staging or prod
     timeout = cfg.serving_ready_timeout_seconds if ready_timeout_seconds is None else ready_timeout_seconds
     if not timeout > 0: raise ParameterError(f"--serving-timeout: expected a number of seconds above 0, found {timeout:g}; pass e.g. --serving-timeout 1200")
     served, name = resolve_served(cfg, configure_mlflow(cfg)), cfg.serving_endpoint_name
-    if cfg.serve_mode == "shadow":
-        shadow = next(s for s in served if s.traffic == 0) if len(served) > 1 else served[0]
-        out(f"note: serve_mode = shadow has no equivalent on Databricks Model Serving: {shadow.name} ({', '.join(shadow.aliases)}) is "
-            "served with 0% of the traffic (query it by its served entity's name) and the champion answers every request")
+    if cfg.serve_mode == "shadow": out(shadow_note(served))
     w = client if client is not None else workspace_client(profile, retry_timeout_seconds)
     ep = get_endpoint(w, name)
     if ep is not None and not dry_run and _state(ep)[1] == "IN_PROGRESS":

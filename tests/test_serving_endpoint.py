@@ -286,3 +286,22 @@ def test_the_console_script_with_a_users_defaults(registry, standin, tmp_path):
     assert r.stdout.splitlines()[0].startswith(f"create serving endpoint {EP}: demo_model-1 (v1, champion) 100%; Small, scale to zero; "
                                                "inference table dev.mlops_nb.mlops_nb_dev_payload")
     assert TOKEN not in r.stdout + r.stderr and all(standin.auth_seen)
+
+
+def test_the_standin_refuses_what_the_serving_api_refuses(env):
+    "Through the real SDK: a taken name (409), a missing endpoint (404), an update during an update (409), routes not summing to 100 (400)."
+    from databricks.sdk.errors import InvalidParameterValue, NotFound, ResourceAlreadyExists, ResourceConflict
+    from databricks.sdk.service.serving import EndpointCoreConfigInput, Route, ServedEntityInput, TrafficConfig
+    from mlops_nb.workspace import workspace_client
+    w, s = workspace_client(retry_timeout_seconds=5), env
+    ent = lambda v: ServedEntityInput(entity_name=MODEL, entity_version=v, workload_size="Small", scale_to_zero_enabled=True)
+    w.serving_endpoints.create("e1", config=EndpointCoreConfigInput(name="e1", served_entities=[ent("1")]))
+    with pytest.raises(ResourceAlreadyExists): w.serving_endpoints.create("e1", config=EndpointCoreConfigInput(name="e1", served_entities=[ent("1")]))
+    with pytest.raises(NotFound): w.serving_endpoints.get("e2")
+    with pytest.raises(ResourceConflict): w.serving_endpoints.update_config("e1", served_entities=[ent("2")])   # the create is still updating
+    while w.serving_endpoints.get("e1").state.config_update.value == "IN_PROGRESS": pass
+    bad = TrafficConfig(routes=[Route(served_entity_name="demo_model-1", traffic_percentage=60), Route(served_entity_name="demo_model-2", traffic_percentage=60)])
+    with pytest.raises(InvalidParameterValue): w.serving_endpoints.update_config("e1", served_entities=[ent("1"), ent("2")], traffic_config=bad)
+    [e] = w.serving_endpoints.list()
+    assert (e.name, [x.name for x in e.config.served_entities], e.state.ready.value) == ("e1", ["demo_model-1"], "READY")
+    assert len(s.mutating_calls()) == 4
