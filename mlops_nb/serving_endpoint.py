@@ -5,7 +5,7 @@
 # %% ../nbs/15a_serving_endpoint.ipynb #b1f496f7
 from __future__ import annotations
 import dataclasses, json, re, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from .core import DeploymentError, ParameterError, RegistryError
 from .config import EnvConfig, load_config
 from .workspace import call_api, workspace_client
@@ -46,7 +46,8 @@ def resolve_served(cfg:EnvConfig, client) -> list:
                             "run the pipeline (mlops-nb run) or promote a version (mlops-nb promote) first")
     if missing := [a for a in routes if found[a] is None]:
         raise RegistryError(f"serve_routes names alias(es) {', '.join(missing)}, which model {name} does not have: expected each "
-                            "alias of serve_routes to point at a version; set it (mlops-nb promote) or change serve_routes")
+                            "alias of serve_routes to point at a version; point it at one (evaluate sets challenger when require_approval is on) "
+                            "or change serve_routes")
     shares = {}
     for a, pct in routes.items(): shares.setdefault(str(found[a].version), []).append((a, pct))
     short = re.sub(r"[^A-Za-z0-9_-]", "_", name.rsplit(".", 1)[-1])
