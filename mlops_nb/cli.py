@@ -138,6 +138,10 @@ def add_deploy_commands(sub):
     d.add_argument("--templates", default=None, metavar="DIR", help="a folder of *.json.j2 job templates")
     d.add_argument("--retry-timeout", type=int, default=300, metavar="SECONDS", help="how long to retry 429s, 503s, timeouts and dropped connections (a refused connection fails at once)")
     d.add_argument("--run-timeout", type=float, default=120, metavar="MINUTES", help="how long --run waits")
+    d.add_argument("--serving", dest="func", action="store_const", const="serving_endpoint:cmd_deploy_serving", help="deploy the "
+                   "env's Model Serving endpoint instead (champion, routed challenger, inference table), not the code and jobs")
+    d.add_argument("--serving-timeout", type=float, default=None, metavar="SECONDS", help="how long --serving waits for the "
+                   "endpoint to be ready; default: the env's serving_ready_timeout_seconds")
     json_flag(d, "print a JSON summary on stdout (progress on stderr)")
 
 def add_serving_commands(sub):

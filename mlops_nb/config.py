@@ -68,6 +68,9 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "serve_routes": (lambda v: _routes_ok(v), "a table of alias = whole percent from 0 to 100, the percents summing to 100 (e.g. {champion = 90, challenger = 10})"),
     "serve_mode": (lambda v: v in ("split", "shadow"), "split or shadow"),
     "serve_reload_check_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more (0: only on POST /reload)"),
+    "serving_endpoint": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None, "letters, digits, - and _, or empty for mlops-nb-<env>"),
+    "serving_workload_size": (lambda v: v in ("Small", "Medium", "Large"), "Small, Medium or Large"),
+    "serving_ready_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
     "label_horizon_hours": (lambda v: v > 0, "a number of hours above 0"),
@@ -151,7 +154,8 @@ def check_settings(env:str, values:dict, overrides:dict=None) -> dict:
     return {k: float(v) if types[k] in ("float", float) else v for k, v in values.items()}
 
 # %% ../nbs/01_config.ipynb #6dcf200d
-_ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "require_approval": True, "num_workers": 2, "schedule_paused": False}}
+_ENV_DEFAULTS = {"prod": {"min_auc": 0.7, "require_approval": True, "num_workers": 2, "schedule_paused": False,
+                           "serving_scale_to_zero": False}}
 
 def overrides_for(env:str) -> dict:
     "The settings of `env` the TOML file at `$MLOPS_NB_CONFIG` sets (its `[all]` table, then `[env]`), or {}."

@@ -8,7 +8,7 @@ import dataclasses, json, subprocess, sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from .core import DeploymentError
+from .core import DeploymentError, ParameterError
 from .config import EnvConfig
 from .job_templates import awaits_job_id, check_git_sha, deploy_config, render_jobs
 from .workspace import call_api, workspace_client
@@ -217,7 +217,9 @@ def deploy(env:str,                # staging or prod (dev works too)
 
 # %% ../nbs/15_deploy.ipynb #ad4e3667
 def cmd_deploy(a) -> int:
-    "Deploy an env's code and jobs to Databricks."
+    "Deploy an env's code and jobs to Databricks (`--serving`, the Model Serving endpoint, is `serving_endpoint.cmd_deploy_serving`)."
+    if getattr(a, "serving_timeout", None) is not None:
+        raise ParameterError("--serving-timeout applies to deploy --serving only: expected it with --serving; add --serving or drop it")
     s = deploy(a.env, a.git_ref, a.git_sha, rollback_to=a.rollback_to, run=a.run, dry_run=a.dry_run, profile=a.profile,
                templates_dir=a.templates, retry_timeout_seconds=a.retry_timeout, run_timeout_minutes=a.run_timeout,
                out=(lambda s: print(s, file=sys.stderr)) if a.json else print)

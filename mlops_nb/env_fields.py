@@ -91,6 +91,12 @@ class DerivedNames:
         "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
         return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
 
+# %% ../nbs/00c_env_fields.ipynb #d97e4a0f
+def _serving_endpoint_name(self) -> str:
+    "The name of the env's Databricks Model Serving endpoint: `serving_endpoint`, else mlops-nb-<env>."
+    return self.serving_endpoint or f"mlops-nb-{self.env}"
+DerivedNames.serving_endpoint_name = property(_serving_endpoint_name, doc=_serving_endpoint_name.__doc__)
+
 # %% ../nbs/00c_env_fields.ipynb #7b278b72
 @dataclass
 class DeploySettings(RunSettings):
@@ -115,3 +121,8 @@ class DeploySettings(RunSettings):
     notify_emails: list = field(default_factory=list)  # addresses the jobs e-mail when a run fails (never logged)
     notify_webhook_ids: list = field(default_factory=list)  # Databricks notification destination ids told when a run fails
     on_validation_failure: str = "continue"   # no candidate passed validation: continue (a task value says so) or fail the task
+    # Databricks Model Serving (`mlops-nb deploy --serving`, nbs/15a_serving_endpoint.ipynb)
+    serving_endpoint: str = ""                # the env's Model Serving endpoint; default mlops-nb-<env>
+    serving_workload_size: str = "Small"      # Small, Medium or Large: the concurrency of each served entity
+    serving_scale_to_zero: bool = True        # served entities scale to zero when idle (prod: false)
+    serving_ready_timeout_seconds: float = 1200.0  # how long deploy --serving waits for the endpoint to be ready

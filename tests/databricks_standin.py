@@ -4,6 +4,7 @@
 #   /api/2.0/repos                            list (path_prefix), get, create, update (branch or tag)
 #   /api/2.0/workspace/mkdirs                 create a folder (idempotent)
 #   /api/2.1/jobs/... and /api/2.2/jobs/...   list (name filter), get, create, reset, run-now, runs/get
+#   /api/2.0/serving-endpoints/...            Model Serving: list, create, get, PUT config, PUT ai-gateway (tests/serving_standin.py)
 # Job settings are stored and returned as sent (job parameters, condition_task and run_job_task included). Like the
 # Jobs API, create and reset refuse tasks that depend on a task the job lacks, an `outcome` on a dependency that is not
 # a condition task (or one other than "true"/"false"), a condition task without op, left and right, and a
@@ -15,6 +16,7 @@ import json, re, threading, time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
+from serving_standin import ServingEndpointsStandin
 
 __all__ = ["DatabricksStandin", "Fault"]
 
@@ -45,7 +47,7 @@ class ApiError(Exception):
         self.status, self.message, self.error_code = status, message, error_code or _CODES.get(status, "UNKNOWN")
 
 
-class DatabricksStandin:
+class DatabricksStandin(ServingEndpointsStandin):
     "A Databricks workspace API stand-in: `with DatabricksStandin(token) as s: ... s.url ...`."
 
     def __init__(self, token="dapi-standin-token", run_result="SUCCESS", refs=None):
@@ -54,6 +56,7 @@ class DatabricksStandin:
         self.run_ends = True              # False: runs stay RUNNING (to test --run-timeout)
         self.refs = refs                  # {"main": sha, "v1.0": sha, ...}: known refs; None accepts any ref
         self.repos, self.jobs, self.runs, self.folders = {}, {}, {}, set()
+        self._serving_reset()             # self.endpoints: {name: serving endpoint}
         self.faults: list[Fault] = []
         self.calls: list[tuple] = []      # (method, path, query, body) of every /api request, in order
         self.auth_seen: list[bool] = []   # whether each /api request carried the right bearer token
@@ -70,6 +73,7 @@ class DatabricksStandin:
             def do_GET(self): standin._handle(self, "GET")
             def do_POST(self): standin._handle(self, "POST")
             def do_PATCH(self): standin._handle(self, "PATCH")
+            def do_PUT(self): standin._handle(self, "PUT")
             def do_DELETE(self): standin._handle(self, "DELETE")
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -98,9 +102,10 @@ class DatabricksStandin:
 
     # -- seeding (tests set the workspace up directly, not through the API) ------------------------------------
     def reset(self):
-        "An empty workspace again: no Git folders, folders, jobs, runs, faults or recorded calls (the settings stay)."
+        "An empty workspace again: no Git folders, folders, jobs, runs, serving endpoints, faults or recorded calls (the settings stay)."
         with self._lock:
             self.repos, self.jobs, self.runs, self.folders = {}, {}, {}, set()
+            self._serving_reset()
             self.faults, self.calls, self.auth_seen = [], [], []
 
     def add_repo(self, path, url="https://github.com/example/mlops-nb.git", provider="gitHub", branch="main", repo_id=None) -> int:
@@ -180,6 +185,7 @@ class DatabricksStandin:
                   ("POST", "reset"): self._jobs_reset, ("POST", "run-now"): self._run_now,
                   ("GET", "runs/get"): self._runs_get}.get((method, m[1]))
             if fn: return fn(q if method == "GET" else body)
+        if path.startswith("/api/2.0/serving-endpoints"): return self._serving_route(method, path, body, ApiError)
         raise ApiError(404, f"No API found for '{method} {path}'", "ENDPOINT_NOT_FOUND")
 
     # -- repos --------------------------------------------------------------------------------------------
