@@ -144,6 +144,8 @@ def add_deploy_commands(sub):
                    "endpoint to be ready; default: the env's serving_ready_timeout_seconds")
     json_flag(d, "print a JSON summary on stdout (progress on stderr)")
 
+
+# %% ../nbs/11_cli.ipynb #5e7c11a1
 def add_serving_commands(sub):
     "`serve`, `compare-online` (the served versions compared on the labels that arrived) and `ui` (MLflow's UI on the local store)."
     s = command(sub, "serve", "serving:cmd_serve", "serve the champion over HTTP (FastAPI on uvicorn)")
