@@ -79,12 +79,17 @@ def check_step(cfg:EnvConfig, plan:dict, row:dict, max_error_rate:float, min_row
     if last["seq"] != row["seq"]:
         raise RolloutSuperseded(f"the champion history moved on since step row {row['seq']} (row {last['seq']}: {last['action']} "
                                 f"{last['from_version'] or 'none'} -> {last['to_version']} by {last['user']}); this rollout stops here")
+    from mlops_nb.mlflow_store import configure_mlflow
+    client = configure_mlflow(cfg)
+    now = {a: str(getattr(get_alias(client, cfg.registered_model, a), "version", "none")) for a in ("champion", "challenger")}
     alerts = challenger_alerts(cfg, plan["challenger"], plan["started"])
     rows, errors = challenger_errors(cfg, plan["challenger"], row["moved_at"])
     held = (_dt.datetime.now(_dt.timezone.utc) - _ts(row["moved_at"])).total_seconds() / 3600
     rate = errors / rows if rows else 0.0
     line = (f"rollout {cfg.registered_model}: {row['reason']}: held {held:.2f} of {plan['min_hours']:g} h, {rows} challenger rows, "
             f"{errors} errors ({rate:.1%}{'' if rows >= min_rows else f', counts from {min_rows} rows'}), {len(alerts)} alerts")
+    if now != {a: plan[a] for a in now}:   # the routes name aliases: another version would get the challenger's share
+        return f"the aliases moved to champion {now['champion']}, challenger {now['challenger']} (the rollout is of {plan['challenger']} over {plan['champion']})", line
     if alerts:
         a = alerts[0]
         return f"alert {a['alert_id']} ({a.get('severity') or 'alert'}: {a['rule']}) about version {plan['challenger']} raised at {a['raised_at']}", line
@@ -196,9 +201,18 @@ def run_rollout(cfg:EnvConfig, steps:list, min_hours:float=1.0, check_minutes:fl
     return 0, rows
 
 # %% ../nbs/13e_rollout.ipynb #f7f7cf91
+def _in_force(cfg:EnvConfig) -> dict:
+    "The plan of the rollout in force (for `--stop`), else a `ParameterError`."
+    from mlops_nb.registry import routes_in_force
+    hist = champion_history(cfg)
+    if routes_in_force(hist) in (None, STOP_ROUTES):
+        raise ParameterError(f"rollout --stop: no rollout of {cfg.registered_model} is in force (the last row of {history_table(cfg)} "
+                             f"is {'a stop' if hist and hist[-1]['action'] == 'rollout' else 'a champion move' if hist else 'missing'}); nothing to stop")
+    return {"champion": hist[-1]["from_version"], "challenger": hist[-1]["to_version"]}
+
 def cmd_rollout(a) -> int:
     "`mlops-nb rollout`: the gradual rollout of the challenger, or `--stop`."
-    from mlops_nb.mlflow_store import configure_mlflow, require_store
+    from mlops_nb.mlflow_store import require_store
     from mlops_nb.registry import current_user
     steps = parse_steps(a.steps)
     check_options(a.min_hours, a.check_minutes, 0 if a.max_error_rate is None else a.max_error_rate)
@@ -207,7 +221,7 @@ def cmd_rollout(a) -> int:
     show = rows.append if a.json else (lambda r: print(f"{r['model_name']}: history row {r['seq']}: {r['action']} {r['from_version']} -> "
                                                        f"{r['to_version']} ({r['reason']}){' routes ' + r['routes'] if r['routes'] else ''}", flush=True))
     try:
-        if a.stop: show(stop_rollout(cfg, plan_rollout(cfg, configure_mlflow(cfg)), f"by {current_user()}")); code = 0
+        if a.stop: show(stop_rollout(cfg, _in_force(cfg), f"by {current_user()}")); code = 0
         else: code, _ = run_rollout(cfg, steps, a.min_hours, a.check_minutes, a.max_error_rate, show=show)
     except KeyboardInterrupt:
         last = champion_history(cfg)[-1:]
