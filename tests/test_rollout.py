@@ -146,12 +146,13 @@ def test_a_rollout_moves_the_challengers_share_step_by_step_then_promotes_it(lab
     log = log[(log.path == "/predict") & (log.status_code == 200)]
     at = {json.dumps(r, sort_keys=True): t for t, r, _ in seen}
     edges = [at[json.dumps(s, sort_keys=True)] for s in steps] + [next(t for t, r, _ in seen if r == {"champion": 100} and t > at[json.dumps(steps[2], sort_keys=True)])]
-    shares = []
+    shares, counts = [], []
     for (lo, hi), s in zip(zip(edges, edges[1:]), steps):
         w = log[(log.timestamp_ms >= lo * 1000) & (log.timestamp_ms < hi * 1000)]
         assert len(w) > 100, (s, len(w))
-        shares.append((w.arm == "challenger").mean())
+        shares.append((w.arm == "challenger").mean()); counts.append(len(w))
         assert set(w[w.arm == "challenger"].model_version) == {lab["challenger"]}
+    print(f"challenger share per step (10/50/100%): {[round(float(x), 3) for x in shares]}, log rows per step: {counts}")
     assert 0.04 < shares[0] < 0.18 and 0.38 < shares[1] < 0.62 and shares[2] > 0.95, shares
     # sticky: a key the challenger answered at 10% it answered at 50% too
     arm_at = lambda lo, hi: {k: a for t, k, a, _ in load.answers if lo + 0.5 < t < hi}
