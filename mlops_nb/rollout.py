@@ -163,7 +163,8 @@ def _finish(cfg:EnvConfig, client, plan:dict, steps:list, rate:float, say) -> li
     from mlops_nb.registry import move_champion
     from mlops_nb.tracking import locked_env
     name = cfg.registered_model
-    if cfg.require_approval:
+    if cfg.require_approval:   # as evaluate leaves a challenger: awaiting a person's approval
+        client.set_model_version_tag(name, plan["challenger"], "approval_status", "PENDING")
         say(f"rollout {name}: version {plan['challenger']} answers all records; env {cfg.env} requires approval: "
             f"mlops-nb promote --env {cfg.env} completes the rollout (then serve_routes apply again)")
         return []
