@@ -105,7 +105,7 @@ def add_lineage_commands(sub):
     json_flag(m)
 
 def add_promotion_commands(sub):
-    "`promote`, `rollback` and `champions`: the two moves share their arguments."
+    "`promote`, `rollback`, `champions` and `rollout`: the two moves share their arguments."
     p = command(sub, "promote", "promotion:cmd_promote", "approve: move champion to the challenger (or --version N)")
     p.add_argument("--version", default=None, help="version to promote (default: the challenger awaiting approval)")
     r = command(sub, "rollback", "promotion:cmd_rollback", "move champion back to the previous champion (or --version N / --mlflow-run-id ID)")
@@ -116,6 +116,13 @@ def add_promotion_commands(sub):
         m.add_argument("--reason", default="", help="why, recorded in the history")
         json_flag(m, "print the history row as JSON")
     json_flag(command(sub, "champions", "promotion:cmd_champions", "print the history of champion moves of an env"), "print JSON")
+    o = command(sub, "rollout", "rollout:cmd_rollout", "move the challenger's share of served records up step by step, then promote it; back to the champion on an alert or errors")
+    o.add_argument("--steps", default="10,50,100", help="the challenger's percents, increasing, the last 100 (default 10,50,100)")
+    o.add_argument("--min-hours", type=float, default=1.0, metavar="H", help="hold each step at least this long (default 1; 0 for a demo)")
+    o.add_argument("--check-minutes", type=float, default=5.0, metavar="M", help="check for alerts and errors this often (default 5)")
+    o.add_argument("--max-error-rate", type=float, default=None, metavar="R", help="stop above this share of 5xx answers (default the env's rollout_max_error_rate, 0.02)")
+    o.add_argument("--stop", action="store_true", help="give the champion all traffic now (a stop row in the history)")
+    json_flag(o, "print the history rows written as JSON (progress on stderr)")
 
 # %% ../nbs/11_cli.ipynb #a92bc270
 def add_deploy_commands(sub):

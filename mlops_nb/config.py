@@ -56,6 +56,7 @@ class EnvConfig(DeploySettings, DerivedNames):
     slice_floors: dict = field(default_factory=dict)  # {categorical column: min AUC of each of its values}
     required_tags: list = field(default_factory=lambda: ["env", "model_type", "data_table", "data_version", "data_fingerprint"])  # compliance
     serve_reload_check_seconds: float = 30.0  # online serving: the server re-reads serve_routes, serve_mode and the aliases this often, and reloads when they changed (0: only on POST /reload)
+    rollout_max_error_rate: float = 0.02      # `mlops-nb rollout` stops when the challenger's share of 5xx answers in a step passes this
 
 # %% ../nbs/01_config.ipynb #23271f72
 import math, re
@@ -71,6 +72,7 @@ _RANGES = {  # setting: (test, what a valid value is), beyond its type
     "serving_endpoint": (lambda v: v == "" or re.fullmatch(r"[A-Za-z0-9_-]+", v) is not None, "letters, digits, - and _, or empty for mlops-nb-<env>"),
     "serving_workload_size": (lambda v: v in ("Small", "Medium", "Large"), "Small, Medium or Large"),
     "serving_ready_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
+    "rollout_max_error_rate": (lambda v: 0 <= v <= 1, "a share from 0 to 1"),
     "alert_webhook_timeout_seconds": (lambda v: v > 0, "a number of seconds above 0"),
     "retrain_wait_seconds": (lambda v: v >= 0, "a number of seconds, 0 or more"),
     "label_horizon_hours": (lambda v: v > 0, "a number of hours above 0"),

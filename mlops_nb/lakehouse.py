@@ -161,6 +161,7 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
                 name:str,            # three-level table name
                 mode:str="append",   # append or overwrite
                 metadata:dict=None,  # commit metadata, e.g. {"job_run_id": ...}
+                merge_schema:bool=False, # append: add the new rows' columns the table lacks (its old rows get nulls)
                ) -> int:
     "Append `data` to (or overwrite) table `name` in one transaction; return the new version."
     if mode not in ("append", "overwrite"): raise ParameterError(f"mode: expected append or overwrite, found {mode!r}")
@@ -168,6 +169,7 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
         spark, meta = get_spark(), {k: str(v) for k, v in (metadata or {}).items()}
         sdf = spark.createDataFrame(data if isinstance(data, pd.DataFrame) else _to_arrow(data).to_pandas())
         w = sdf.write.format("delta").mode(mode)
+        w = w.option("mergeSchema", "true") if merge_schema and mode == "append" else w
         (w.option("userMetadata", json.dumps(meta)) if meta else w).saveAsTable(name)
         return table_version(name)
     from deltalake import write_deltalake, CommitProperties
@@ -176,7 +178,7 @@ def write_table(data,                # pandas DataFrame, pyarrow Table or Record
     meta = {k: str(v) for k, v in (metadata or {}).items()}
     try:
         write_deltalake(str(path), _to_arrow(data), mode=mode,
-                        schema_mode="overwrite" if mode == "overwrite" else None,
+                        schema_mode="overwrite" if mode == "overwrite" else "merge" if merge_schema else None,
                         commit_properties=CommitProperties(custom_metadata=meta) if meta else None)
     except Exception as e:
         if type(e).__name__ in ("SchemaMismatchError",):

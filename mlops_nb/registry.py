@@ -12,8 +12,8 @@ from .mlflow_store import configure_mlflow, store_description
 
 # %% auto #0
 __all__ = ['VERSION_ANCHORS', 'HISTORY_COLUMNS', 'get_alias', 'get_version', 'champion_of', 'find_candidates', 'lineage_tags',
-           'version_tags', 'version_lineage', 'current_user', 'history_table', 'champion_history', 'champion_stack',
-           'reconcile_champion', 'move_champion']
+           'version_tags', 'version_lineage', 'current_user', 'history_table', 'champion_history', 'champion_moves',
+           'champion_stack', 'routes_in_force', 'record_rollout', 'reconcile_champion', 'move_champion']
 
 # %% ../nbs/03a_registry.ipynb #fed6b1af
 def get_alias(client, name:str, alias:str):
@@ -92,29 +92,65 @@ def current_user() -> str:
 
 # %% ../nbs/03a_registry.ipynb #c3bb56b7
 HISTORY_COLUMNS = ["seq", "moved_at", "model_name", "action", "from_version", "to_version", "user", "reason", "trigger",
-                   "job_run_id", "mlflow_run_id"]
+                   "job_run_id", "mlflow_run_id", "routes"]  # routes: a rollout step's routes in force (JSON); "" for a champion move
 
 def history_table(cfg:EnvConfig) -> str:
     "The env's table of champion moves."
     return cfg.qualify("champion_history")
 
 def champion_history(cfg:EnvConfig) -> list[dict]:
-    "Every champion move of the env's model, oldest first (empty before the first)."
+    "Every row of the env's model, oldest first (empty before the first): the champion's moves and the rollout steps."
     from mlops_nb.lakehouse import table_exists, read_table
     name = history_table(cfg)
     if not table_exists(name): return []
     df = read_table(name).data
     df = df[df.model_name == cfg.registered_model]
+    df = df.assign(**{c: "" for c in HISTORY_COLUMNS if c not in df}).fillna({"routes": ""})  # a table from before rollouts
     return df.iloc[df.seq.astype(int).argsort(kind="stable")].astype(str).to_dict("records")
+
+def champion_moves(history:list) -> list[dict]:
+    "The rows of `history` that moved the champion (promotions and rollbacks; a rollout step moves no alias)."
+    return [h for h in history if h["action"] != "rollout"]
 
 def champion_stack(history:list) -> list[str]:
     "The champions in order, oldest first, as the history's promotions and rollbacks leave them."
     stack = []
-    for h in history:
+    for h in champion_moves(history):
         to = str(h["to_version"])
         if h["action"] == "rollback" and to in stack: del stack[stack.index(to) + 1:]
         else: stack.append(to)
     return stack
+
+# %% ../nbs/03a_registry.ipynb #021ccc76
+def routes_in_force(history:list) -> dict|None:
+    "The routes of the last rollout step when no champion move came after it; None: the config's `serve_routes` apply."
+    if not history or history[-1]["action"] != "rollout": return None
+    try: routes = json.loads(history[-1]["routes"])
+    except ValueError: routes = None
+    if not isinstance(routes, dict) or sum(routes.values()) != 100:
+        raise RegistryError(f"champion history row {history[-1]['seq']}: expected the routes of a rollout step as JSON "
+                            f"(alias: percent, summing to 100), found {history[-1]['routes']!r}; run mlops-nb rollout again or mlops-nb rollback")
+    return routes
+
+# %% ../nbs/03a_registry.ipynb #fe92bdb1
+def _history_row(cfg:EnvConfig, **fields) -> dict:
+    "The next row of the env's history: `fields` with its seq (one past the rows so far), time, model and user."
+    return {"seq": str(len(champion_history(cfg)) + 1), "moved_at": utc_now(), "model_name": cfg.registered_model,
+            "user": current_user(), "job_run_id": "", "mlflow_run_id": "", "routes": "", **fields}
+
+def _append_history(cfg:EnvConfig, row:dict):
+    "Append `row` to the history in one commit (a table from before the `routes` column gains it)."
+    from mlops_nb.lakehouse import write_table
+    write_table(pd.DataFrame([row], columns=HISTORY_COLUMNS).astype(str).astype({"seq": "int64"}), history_table(cfg), mode="append",
+                metadata={"action": row["action"], "model": row["model_name"], "to_version": row["to_version"]}, merge_schema=True)
+
+def record_rollout(cfg:EnvConfig, champion, challenger, routes:dict, reason:str) -> dict:
+    "Append a rollout step, the `routes` in force from now on, to the history (no alias moves); return the row."
+    row = _history_row(cfg, action="rollout", from_version=str(champion), to_version=str(challenger), reason=reason,
+                       trigger="rollout", routes=json.dumps(routes))
+    _append_history(cfg, row)
+    return row
+
 
 # %% ../nbs/03a_registry.ipynb #5514f8a4
 def _complete_move(client, cfg:EnvConfig, row:dict):
@@ -134,10 +170,10 @@ def _complete_move(client, cfg:EnvConfig, row:dict):
 
 # %% ../nbs/03a_registry.ipynb #219863b8
 def reconcile_champion(cfg:EnvConfig, client=None) -> dict|None:
-    "Complete the last recorded champion move if a killed process left it half done; return its row, or None."
+    "Complete the last recorded champion move (rollout steps are not moves) if a killed process left it half done; return its row, or None."
     import sys
     from mlflow.exceptions import MlflowException
-    hist = champion_history(cfg)
+    hist = champion_moves(champion_history(cfg))
     if not hist: return None
     client, row, name = client or configure_mlflow(cfg), hist[-1], cfg.registered_model
     try: mv = client.get_model_version(name, str(row["to_version"]))
@@ -157,17 +193,12 @@ def move_champion(client, cfg:EnvConfig, version, action:str, reason:str, trigge
                   job_run_id:str="", mlflow_run_id:str="") -> dict:
     "Record the move of `champion` to `version` in the history, then point the alias at it and tag it; return the history row."
     from mlops_nb.core import failpoint
-    from mlops_nb.lakehouse import write_table
     reconcile_champion(cfg, client)
-    name = cfg.registered_model
-    before = get_alias(client, name, "champion")
-    hist = champion_history(cfg)
-    row = {"seq": str(len(hist) + 1), "moved_at": utc_now(), "model_name": name, "action": action,
-           "from_version": str(before.version) if before else "", "to_version": str(version), "user": current_user(),
-           "reason": reason, "trigger": trigger, "job_run_id": job_run_id, "mlflow_run_id": mlflow_run_id}
+    before = get_alias(client, cfg.registered_model, "champion")
+    row = _history_row(cfg, action=action, from_version=str(before.version) if before else "", to_version=str(version), reason=reason,
+                       trigger=trigger, job_run_id=job_run_id, mlflow_run_id=mlflow_run_id)
     failpoint("move_champion.before_history")
-    write_table(pd.DataFrame([row], columns=HISTORY_COLUMNS).astype(str).astype({"seq": "int64"}), history_table(cfg), mode="append",
-                metadata={"action": action, "model": name, "to_version": str(version)})
+    _append_history(cfg, row)
     failpoint("move_champion.after_history")  # from here on the move is recorded: the next command completes it
     _complete_move(client, cfg, row)
     return row

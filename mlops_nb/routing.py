@@ -145,9 +145,11 @@ def load_served(cfg:EnvConfig, loader:Callable=None) -> Served:
     return Served({a: loader(cfg, a) for a in served_aliases(table, shadow)}, table, shadow)
 
 def reread_routes(cfg:EnvConfig) -> EnvConfig:
-    "`cfg` with `serve_routes` and `serve_mode` read again from `$MLOPS_NB_CONFIG` (a `ConfigError` when they are bad)."
-    new = load_config(cfg.env)
-    return dataclasses.replace(cfg, serve_routes=new.serve_routes, serve_mode=new.serve_mode)
+    "`cfg` with the routes in force: a rollout step's (`registry.routes_in_force`, split), else `serve_routes` and `serve_mode` read again from `$MLOPS_NB_CONFIG`."
+    from mlops_nb.registry import champion_history, routes_in_force
+    new = load_config(cfg.env)   # a `ConfigError` when they are bad
+    live = routes_in_force(champion_history(new))
+    return dataclasses.replace(cfg, serve_routes=live or new.serve_routes, serve_mode="split" if live else new.serve_mode)
 
 def routes_signature(cfg:EnvConfig) -> tuple:
     "What `load_served` would load now, as `Served.signature` gives it: the routes read again and each alias's version in the registry."
