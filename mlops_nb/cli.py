@@ -122,6 +122,10 @@ def add_promotion_commands(sub):
     o.add_argument("--check-minutes", type=float, default=5.0, metavar="M", help="check for alerts and errors this often (default 5)")
     o.add_argument("--max-error-rate", type=float, default=None, metavar="R", help="stop above this share of 5xx answers (default the env's rollout_max_error_rate, 0.02)")
     o.add_argument("--stop", action="store_true", help="give the champion all traffic now (a stop row in the history)")
+    o.add_argument("--serving", dest="func", action="store_const", const="serving_endpoint:cmd_rollout_serving", help="also deploy the env's "
+                   "Databricks Model Serving endpoint before the first step and after each row (as deploy --serving does)")
+    o.add_argument("--profile", default=None, help="with --serving: a ~/.databrickscfg profile instead of DATABRICKS_HOST/DATABRICKS_TOKEN")
+    o.add_argument("--serving-timeout", type=float, default=None, metavar="SECONDS", help="with --serving: how long to wait for the endpoint each time")
     json_flag(o, "print the history rows written as JSON (progress on stderr)")
 
 # %% ../nbs/11_cli.ipynb #a92bc270

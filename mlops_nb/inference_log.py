@@ -46,25 +46,13 @@ class InferenceLog:
         try: self.q.put_nowait(record)
         except queue.Full: self.dropped += 1
 
-# %% ../nbs/13b_inference_log.ipynb #55f8ae98
-@patch
-def _add_new_columns(self:InferenceLog):
-    "Add the schema's columns a local table written by an older server lacks (an empty commit that merges the schemas)."
-    from mlops_nb.config import on_databricks
-    from mlops_nb.lakehouse import open_delta, table_exists, table_path
-    if on_databricks() or not table_exists(self.table): return
-    if set(INFERENCE_LOG_SCHEMA.names) - {f.name for f in open_delta(self.table).schema().fields}:
-        from deltalake import write_deltalake
-        write_deltalake(str(table_path(self.table)), INFERENCE_LOG_SCHEMA.empty_table(), mode="append", schema_mode="merge")
-
 # %% ../nbs/13b_inference_log.ipynb #17c04731
 @patch
 def _write(self:InferenceLog, batch:list):
     "Append `batch` to the table in one commit."
     from mlops_nb.lakehouse import write_table
     try:
-        if not self.commits: self._add_new_columns()
-        write_table(pa.Table.from_pylist(batch, schema=INFERENCE_LOG_SCHEMA), self.table, mode="append")
+        write_table(pa.Table.from_pylist(batch, schema=INFERENCE_LOG_SCHEMA), self.table, mode="append", merge_schema=not self.commits)
         self.written += len(batch); self.commits += 1
     except Exception as e:  # keep serving; say what was lost
         self.dropped += len(batch)

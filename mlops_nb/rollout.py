@@ -5,6 +5,7 @@
 # %% ../nbs/13e_rollout.ipynb #4eaad022
 from __future__ import annotations
 import datetime as _dt, json, sys, time
+from typing import Callable
 from .core import MlopsNbError, ParameterError, ConfigError, utc_now
 from .config import EnvConfig, load_config
 from .registry import get_alias, champion_history, record_rollout, history_table
@@ -66,7 +67,7 @@ def challenger_errors(cfg:EnvConfig, version:str, since:str) -> tuple[int, int]:
     d = read_table(name, columns=["timestamp_ms", "arm", "model_version", "status_code", "shadow_of"]).data
     d = d[(d.timestamp_ms >= int(_ts(since).timestamp() * 1000)) & d.shadow_of.isna()]
     failed = d.status_code.fillna(500) >= 500
-    mine = ((d.arm == "challenger") & (d.model_version.astype(str) == str(version))) | (failed & d.arm.isna())
+    mine = (d.arm == "challenger") & (d.model_version.astype(str) == str(version))   # a failed model call is logged under its arm
     return int(mine.sum()), int((mine & failed).sum())
 
 # %% ../nbs/13e_rollout.ipynb #91498cd5
@@ -211,16 +212,19 @@ def _in_force(cfg:EnvConfig) -> dict:
                              f"is {'a stop' if hist and hist[-1]['action'] == 'rollout' else 'a champion move' if hist else 'missing'}); nothing to stop")
     return {"champion": hist[-1]["from_version"], "challenger": hist[-1]["to_version"]}
 
-def cmd_rollout(a) -> int:
-    "`mlops-nb rollout`: the gradual rollout of the challenger, or `--stop`."
+def cmd_rollout(a, after_row:Callable=None) -> int:
+    "`mlops-nb rollout`: the gradual rollout of the challenger, or `--stop` (`after_row(row)`: after each row is written and shown)."
     from mlops_nb.mlflow_store import require_store
     from mlops_nb.registry import current_user
+    if after_row is None and (given := [o for o, k in (("--profile", "profile"), ("--serving-timeout", "serving_timeout")) if getattr(a, k, None)]):
+        raise ParameterError(f"rollout: {', '.join(given)} go with --serving (the Databricks endpoint), found without it; add --serving or drop them")
     steps = parse_steps(a.steps)
     check_options(a.min_hours, a.check_minutes, 0 if a.max_error_rate is None else a.max_error_rate)
     require_store()
     cfg, rows = load_config(a.env), []
-    show = rows.append if a.json else (lambda r: print(f"{r['model_name']}: history row {r['seq']}: {r['action']} {r['from_version']} -> "
-                                                       f"{r['to_version']} ({r['reason']}){' routes ' + r['routes'] if r['routes'] else ''}", flush=True))
+    shown = rows.append if a.json else (lambda r: print(f"{r['model_name']}: history row {r['seq']}: {r['action']} {r['from_version']} -> "
+                                                        f"{r['to_version']} ({r['reason']}){' routes ' + r['routes'] if r['routes'] else ''}", flush=True))
+    show = (lambda r: (shown(r), after_row(r))) if after_row else shown
     try:
         if a.stop: show(stop_rollout(cfg, _in_force(cfg), f"by {current_user()}")); code = 0
         else: code, _ = run_rollout(cfg, steps, a.min_hours, a.check_minutes, a.max_error_rate, show=show)

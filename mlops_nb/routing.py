@@ -14,8 +14,8 @@ from .scoring import prediction_id
 
 # %% auto #0
 __all__ = ['LoadedModel', 'load_alias', 'route_table', 'shadow_alias', 'key_bucket', 'arm_of', 'record_keys', 'Served',
-           'served_aliases', 'load_served', 'reread_routes', 'routes_signature', 'record_rows', 'served_answer',
-           'ServedVersions']
+           'served_aliases', 'load_served', 'with_routes_in_force', 'reread_routes', 'routes_signature', 'record_rows',
+           'served_answer', 'ServedVersions']
 
 # %% ../nbs/13c_routing.ipynb #9e209758
 def _now() -> str: return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -144,12 +144,16 @@ def load_served(cfg:EnvConfig, loader:Callable=None) -> Served:
     table, shadow = route_table(cfg.serve_routes, cfg.serve_mode), shadow_alias(cfg.serve_routes, cfg.serve_mode)
     return Served({a: loader(cfg, a) for a in served_aliases(table, shadow)}, table, shadow)
 
-def reread_routes(cfg:EnvConfig) -> EnvConfig:
-    "`cfg` with the routes in force: a rollout step's (`registry.routes_in_force`, split), else `serve_routes` and `serve_mode` read again from `$MLOPS_NB_CONFIG`."
+def with_routes_in_force(cfg:EnvConfig) -> EnvConfig:
+    "`cfg` with a rollout step's routes (split) when one is in force (`registry.routes_in_force`), else `cfg` itself."
     from mlops_nb.registry import champion_history, routes_in_force
+    live = routes_in_force(champion_history(cfg))
+    return dataclasses.replace(cfg, serve_routes=live, serve_mode="split") if live else cfg
+
+def reread_routes(cfg:EnvConfig) -> EnvConfig:
+    "`cfg` with the routes in force: a rollout step's, else `serve_routes` and `serve_mode` read again from `$MLOPS_NB_CONFIG`."
     new = load_config(cfg.env)   # a `ConfigError` when they are bad
-    live = routes_in_force(champion_history(new))
-    return dataclasses.replace(cfg, serve_routes=live or new.serve_routes, serve_mode="split" if live else new.serve_mode)
+    return with_routes_in_force(dataclasses.replace(cfg, serve_routes=new.serve_routes, serve_mode=new.serve_mode))
 
 def routes_signature(cfg:EnvConfig) -> tuple:
     "What `load_served` would load now, as `Served.signature` gives it: the routes read again and each alias's version in the registry."
@@ -192,7 +196,7 @@ class ServedVersions:
                  watch:Callable=None,       # cfg -> `Served.signature` of what would load now; None: no periodic check
                 ):
         self.cfg, self.loader, self.reconfigure, self.watch = cfg, loader, reconfigure or reread_routes, watch
-        self.current = load_served(cfg, loader)   # fails here, before a server starts
+        self.current = load_served(with_routes_in_force(cfg), loader)   # fails here, before a server starts; a rollout's step in force wins
         self.reloads, self.last_reload, self._failed, self._lock = 0, None, None, None
 
     async def reload(self, why:str="POST /reload") -> tuple:

@@ -69,7 +69,7 @@ class _GuardAndLog:
             if getattr(st, "log", None) is not None:
                 f = request_fields(rid, state["client_request_id"], state["started"], scope["method"], scope["path"], status[0],
                                    (time.perf_counter() - started) * 1000)
-                rows = state.get("log_rows") if status[0] == 200 else None   # an answer: one row per record
+                rows = state.get("log_rows")   # an answer, or a model's failure: one row per record
                 versions = getattr(st, "versions", None)
                 for r in rows or [{**(versions.current.champion.lineage() if versions else {}), **state.get("log", {})}]: st.log.add({**f, **r})
 
@@ -150,7 +150,8 @@ def _add_predict_route(app):
         except Exception as e:
             what = f"{type(e).__name__}: {e}"
             print(f"mlops-nb serve: request {rid}: the model failed: {what}", file=sys.stderr, flush=True)
-            request.state.log = {"inputs": json.dumps(records)[:10_000], "error": what[:10_000]}
+            request.state.log_rows = [{**served.arms[a].lineage(), "arm": a, "inputs": json.dumps([r])[:10_000], "error": what[:10_000]}
+                                      for r, a in zip(records, arms)]   # a row per record, under the arm that was to answer it
             return JSONResponse({"detail": f"the model could not answer these records: {what}"}, 500)
         status, answer, request.state.log_rows = served_answer(served, arms, records, proba, rid, st.threshold)
         if served.shadow: _start_shadow(st, served, records, answer["prediction_ids"], (rid, request.state.client_request_id, request.state.started))

@@ -8,12 +8,13 @@ import dataclasses, json, re, sys, time
 from dataclasses import dataclass
 from .core import DeploymentError, ParameterError, RegistryError
 from .config import EnvConfig, load_config
+from .routing import with_routes_in_force
 from .workspace import call_api, workspace_client
 
 # %% auto #0
 __all__ = ['endpoint_routes', 'ServedVersion', 'resolve_served', 'table_prefix', 'desired_spec', 'current_spec', 'EndpointAction',
            'served_text', 'plan_endpoint', 'apply_endpoint', 'wait_ready', 'get_endpoint', 'shadow_note',
-           'deploy_serving', 'cmd_deploy_serving']
+           'deploy_serving', 'cmd_deploy_serving', 'cmd_rollout_serving']
 
 # %% ../nbs/15a_serving_endpoint.ipynb #fe1079fe
 def endpoint_routes(cfg:EnvConfig) -> dict:
@@ -189,7 +190,7 @@ def deploy_serving(env:str,                      # dev, staging or prod
                   ) -> dict:
     "Create or update `env`'s Model Serving endpoint to serve the versions behind its routes' aliases, and wait until it is ready."
     from mlops_nb.mlflow_store import configure_mlflow
-    cfg = load_config(env)
+    cfg = with_routes_in_force(load_config(env))   # a rollout's step in force (mlops-nb rollout), else serve_routes
     timeout = cfg.serving_ready_timeout_seconds if ready_timeout_seconds is None else ready_timeout_seconds
     if not timeout > 0: raise ParameterError(f"--serving-timeout: expected a number of seconds above 0, found {timeout:g}; pass e.g. --serving-timeout 1200")
     served, name = resolve_served(cfg, configure_mlflow(cfg)), cfg.serving_endpoint_name
@@ -221,3 +222,12 @@ def cmd_deploy_serving(a) -> int:
                        ready_timeout_seconds=a.serving_timeout, out=(lambda s: print(s, file=sys.stderr)) if a.json else print)
     if a.json: print(json.dumps(s, indent=2))
     return 0
+
+# %% ../nbs/15a_serving_endpoint.ipynb #5e7c11b2
+def cmd_rollout_serving(a) -> int:
+    "`mlops-nb rollout --serving`: the rollout, with the env's endpoint deployed first and after each row it writes."
+    from mlops_nb.rollout import cmd_rollout
+    out = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    follow = lambda row=None: deploy_serving(a.env, profile=a.profile, ready_timeout_seconds=a.serving_timeout, out=out)
+    if not a.stop: follow()
+    return cmd_rollout(a, after_row=follow)

@@ -305,3 +305,36 @@ def test_the_standin_refuses_what_the_serving_api_refuses(env):
     [e] = w.serving_endpoints.list()
     assert (e.name, [x.name for x in e.config.served_entities], e.state.ready.value) == ("e1", ["demo_model-1"], "READY")
     assert len(s.mutating_calls()) == 4
+
+
+def test_a_rollout_with_serving_moves_the_endpoints_traffic_step_by_step(make_home, standin, monkeypatch, tmp_path, capsys):
+    "`mlops-nb rollout --serving`: the endpoint is deployed before the first step and after each row: 50/50, 0/100, then the new champion alone."
+    import mlflow
+    home = make_home("rollout-serving")
+    for k in list(os.environ):
+        if k.startswith(("DATABRICKS_", "MLOPS_NB_", "MLFLOW_")): monkeypatch.delenv(k)
+    monkeypatch.setenv("DATABRICKS_HOST", standin.url)
+    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
+    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
+    monkeypatch.setenv("MLOPS_NB_HOME", str(home.path))
+    client = mlflow.MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
+    client.create_registered_model(MODEL)
+    for _ in range(2): client.create_model_version(MODEL, source=str(tmp_path))
+    client.set_registered_model_alias(MODEL, "champion", "1")
+    client.set_registered_model_alias(MODEL, "challenger", "2")
+    client.set_model_version_tag(MODEL, "2", "model_validation_status", "PASSED")
+    standin.ready_after_polls = 1
+
+    assert main(["rollout", "--env", "dev", "--steps", "10,100", "--serving", "--min-hours", "0", "--serving-timeout", "30"]) == 0, capsys.readouterr()
+    out = capsys.readouterr().out
+    [create] = posted(standin)
+    routes = lambda body: {r["served_entity_name"]: r["traffic_percentage"] for r in body["traffic_config"]["routes"]}
+    assert routes(create["config"]) == {"demo_model-1": 100}                     # before the first step: the champion alone
+    assert [routes(u) for u in posted(standin, "/config")] == [
+        {"demo_model-1": 90, "demo_model-2": 10}, {"demo_model-1": 0, "demo_model-2": 100}, {"demo_model-2": 100}]   # two steps, then the promotion
+    assert served(standin) == {"demo_model-2": (MODEL, "2", "Small", True, 100)}
+    assert str(client.get_model_version_by_alias(MODEL, "champion").version) == "2"
+    assert out.count(f"serving endpoint {EP} is ready") == 4 and TOKEN not in out
+
+    assert main(["rollout", "--env", "dev", "--serving-timeout", "30"]) == 2      # the endpoint's options without --serving
+    assert "go with --serving" in capsys.readouterr().err
