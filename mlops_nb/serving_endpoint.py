@@ -189,7 +189,8 @@ def deploy_serving(env:str,                      # dev, staging or prod
                    out=print,                    # where progress lines go
                   ) -> dict:
     "Create or update `env`'s Model Serving endpoint to serve the versions behind its routes' aliases, and wait until it is ready."
-    from mlops_nb.mlflow_store import configure_mlflow
+    from mlops_nb.mlflow_store import configure_mlflow, require_store
+    require_store()   # the registry the aliases are read from; never a new, empty one
     cfg = with_routes_in_force(load_config(env))   # a rollout's step in force (mlops-nb rollout), else serve_routes
     timeout = cfg.serving_ready_timeout_seconds if ready_timeout_seconds is None else ready_timeout_seconds
     if not timeout > 0: raise ParameterError(f"--serving-timeout: expected a number of seconds above 0, found {timeout:g}; pass e.g. --serving-timeout 1200")

@@ -106,10 +106,27 @@ def test_reading_commands_outside_a_repository_name_the_store_and_create_nothing
     _, env, _ = user_repo
     outside = tmp_path/"elsewhere"
     outside.mkdir()
-    for args in (["trace", f"models:/{MODEL}@champion"], ["rollback"], ["promote"]):
+    for args in (["trace", f"models:/{MODEL}@champion"], ["rollback"], ["promote"], ["compare-online"], ["rollout"],
+                 ["deploy", "--env", "dev", "--serving", "--dry-run"]):
         p = run([CLI, *args], outside, env)
         assert p.returncode == 1, (args, p.returncode, p.stderr)
         lines = [l for l in p.stderr.splitlines() if l.strip()]
         assert len(lines) == 1 and f"no MLflow store at {outside.resolve()}/.mlops/mlflow.db" in lines[0], p.stderr
         assert "outside any git repository" in lines[0], lines[0]
     assert list(outside.iterdir()) == [], "a reading command created files"
+
+
+def test_the_online_commands_use_the_repository_store(user_repo, tmp_path):
+    "compare-online, rollout and deploy --serving, from the root and from `nbs/`, read the champion of the repository's store."
+    root, env, _ = user_repo
+    from databricks_standin import DatabricksStandin
+    p = run([CLI, "compare-online"], root, env)
+    assert p.returncode == 1 and "no inference log table dev.mlops_nb.inference_log" in p.stderr, p.stderr
+    p = run([CLI, "rollout", "--min-hours", "0"], root/"nbs", env)
+    assert p.returncode == 2 and f"expected a champion and a challenger of model {MODEL}, found no challenger" in p.stderr, p.stderr
+    with DatabricksStandin("dapi-default-home-token") as s:
+        denv = dict(env, DATABRICKS_HOST=s.url, DATABRICKS_TOKEN=s.token, DATABRICKS_CONFIG_FILE=str(tmp_path/"none"))
+        p = ok(run([CLI, "deploy", "--env", "dev", "--serving", "--dry-run"], root/"nbs", denv))
+        assert "would create serving endpoint mlops-nb-dev: demo_model-1 (v1, champion) 100%" in p.stdout, p.stdout
+        assert s.mutating_calls() == [] and s.token not in p.stdout + p.stderr
+    assert stray_homes(root) == []

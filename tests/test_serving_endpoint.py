@@ -34,16 +34,21 @@ def standin():
         yield s
 
 
-@pytest.fixture
-def env(monkeypatch, tmp_path, registry, standin):
-    "Credentials for the stand-in, no ~/.databrickscfg, the registry's home; `env.config(toml)` sets $MLOPS_NB_CONFIG; `env.aliases(...)` sets the aliases."
-    home, client = registry
+def standin_environ(monkeypatch, standin, tmp_path, home):
+    "The stand-in's host and token, no ~/.databrickscfg, `home` as MLOPS_NB_HOME, and nothing else of ours or Databricks' set."
     for k in list(os.environ):
         if k.startswith(("DATABRICKS_", "MLOPS_NB_", "MLFLOW_")): monkeypatch.delenv(k)
     monkeypatch.setenv("DATABRICKS_HOST", standin.url)
     monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
     monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
     monkeypatch.setenv("MLOPS_NB_HOME", str(home.path))
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path, registry, standin):
+    "Credentials for the stand-in, no ~/.databrickscfg, the registry's home; `env.config(toml)` sets $MLOPS_NB_CONFIG; `env.aliases(...)` sets the aliases."
+    home, client = registry
+    standin_environ(monkeypatch, standin, tmp_path, home)
 
     def config(text):
         (tmp_path / "mlops.toml").write_text(text)
@@ -311,12 +316,7 @@ def test_a_rollout_with_serving_moves_the_endpoints_traffic_step_by_step(make_ho
     "`mlops-nb rollout --serving`: the endpoint is deployed before the first step and after each row: 50/50, 0/100, then the new champion alone."
     import mlflow
     home = make_home("rollout-serving")
-    for k in list(os.environ):
-        if k.startswith(("DATABRICKS_", "MLOPS_NB_", "MLFLOW_")): monkeypatch.delenv(k)
-    monkeypatch.setenv("DATABRICKS_HOST", standin.url)
-    monkeypatch.setenv("DATABRICKS_TOKEN", TOKEN)
-    monkeypatch.setenv("DATABRICKS_CONFIG_FILE", str(tmp_path / "no-databrickscfg"))
-    monkeypatch.setenv("MLOPS_NB_HOME", str(home.path))
+    standin_environ(monkeypatch, standin, tmp_path, home)
     client = mlflow.MlflowClient(tracking_uri=home.tracking_uri, registry_uri=home.tracking_uri)
     client.create_registered_model(MODEL)
     for _ in range(2): client.create_model_version(MODEL, source=str(tmp_path))
