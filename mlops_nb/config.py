@@ -10,7 +10,7 @@ from pathlib import Path
 from .core import ConfigError, MlopsNbError, env_vars
 from .variables import CONFIG, HOME
 from .alert_rules import parse_rules
-from .env_fields import RunSettings, DerivedNames, DeploySettings
+from .env_fields import RunSettings, DerivedNames, DeployNames, DeploySettings
 
 # %% auto #0
 __all__ = ['ENVS', 'SECRET_SETTINGS', 'on_databricks', 'project_root', 'home_source', 'mlops_home', 'EnvConfig',
@@ -44,7 +44,7 @@ def mlops_home() -> Path:
 
 # %% ../nbs/01_config.ipynb #5be0572f
 @dataclass
-class EnvConfig(DeploySettings, DerivedNames):
+class EnvConfig(DeploySettings, DerivedNames, DeployNames):
     "The settings of one environment."
     require_approval: bool = False            # evaluate stops at `challenger`; `mlops-nb promote` completes it
     promote_win_rate: float = 0.9             # share of paired bootstrap resamples the challenger must win

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from .alert_rules import DEFAULT_ALERT_RULES
 
 # %% auto #0
-__all__ = ['RunSettings', 'DerivedNames', 'DeploySettings']
+__all__ = ['RunSettings', 'DerivedNames', 'DeployNames', 'DeploySettings']
 
 # %% ../nbs/00c_env_fields.ipynb #e5d38e09
 @dataclass
@@ -53,7 +53,7 @@ class RunSettings:
 
 # %% ../nbs/00c_env_fields.ipynb #6bb8631b
 class DerivedNames:
-    "The names an `EnvConfig` derives from its fields (`env`, `schema`, `model`, `experiment`, `repo_path`, the job names)."
+    "The names an `EnvConfig` derives from its run's fields (`env`, `schema`, `model`, `experiment`, `model_types`)."
     @property
     def catalog(self) -> str:
         "The Unity Catalog catalog of this env: the env's name."
@@ -67,6 +67,18 @@ class DerivedNames:
         "The MLflow experiment every step of this env logs to."
         return self.experiment or f"/Shared/mlops-nb/{self.env}"
     @property
+    def candidate_model_types(self) -> list:
+        "The model types a job run trains: `model_types`, else `[model_type]`."
+        return list(self.model_types or [self.model_type])
+
+    def qualify(self, name:str) -> str:
+        "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
+        return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
+
+# %% ../nbs/00c_env_fields.ipynb #d97e4a0f
+class DeployNames:
+    "The names an `EnvConfig` derives from its deployment fields (`repo_path`, the job names, `serving_endpoint`)."
+    @property
     def workspace_repo_path(self) -> str:
         "The env's workspace Git folder, where its jobs' notebooks live."
         return self.repo_path or f"/Repos/{self.env}/mlops-nb"
@@ -79,23 +91,13 @@ class DerivedNames:
         "The name of the env's scoring-only job."
         return self.scoring_job or f"mlops-nb-{self.env}-scoring"
     @property
-    def candidate_model_types(self) -> list:
-        "The model types a job run trains: `model_types`, else `[model_type]`."
-        return list(self.model_types or [self.model_type])
-    @property
     def monitoring_job_name(self) -> str:
         "The name of the env's monitoring job (monitor, then the pipeline job when the monitor asks for retraining)."
         return self.monitoring_job or f"mlops-nb-{self.env}-monitoring"
-
-    def qualify(self, name:str) -> str:
-        "A table or model name as `catalog.schema.name` (a name with dots is kept as it is)."
-        return name if "." in name else f"{self.catalog}.{self.schema}.{name}"
-
-# %% ../nbs/00c_env_fields.ipynb #d97e4a0f
-def _serving_endpoint_name(self) -> str:
-    "The name of the env's Databricks Model Serving endpoint: `serving_endpoint`, else mlops-nb-<env>."
-    return self.serving_endpoint or f"mlops-nb-{self.env}"
-DerivedNames.serving_endpoint_name = property(_serving_endpoint_name, doc=_serving_endpoint_name.__doc__)
+    @property
+    def serving_endpoint_name(self) -> str:
+        "The name of the env's Databricks Model Serving endpoint: `serving_endpoint`, else mlops-nb-<env>."
+        return self.serving_endpoint or f"mlops-nb-{self.env}"
 
 # %% ../nbs/00c_env_fields.ipynb #7b278b72
 @dataclass
