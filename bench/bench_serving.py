@@ -38,7 +38,7 @@ def client(port: int, n: int, concurrency: int, path: str = "/predict") -> dict:
                 conn.request("POST", path, body, {"Content-Type": "application/json"})
                 r = conn.getresponse(); r.read()
                 ok = r.status == 200
-            except Exception as e:
+            except Exception:
                 ok = False; conn.close(); conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             d = time.perf_counter() - t
             with lock: (lat if ok else errors).append(d)

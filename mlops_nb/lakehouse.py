@@ -123,17 +123,21 @@ def open_delta(name:str, version=None,
 def read_table(name:str,      # three-level table name
                version=None,  # Delta version to read; None or '' = latest
                columns:list=None, # only these columns
+               filters:list=None, # only the rows where every (column, op, value) holds, op one of = != < <= > >=
               ) -> Snapshot:
     "The data of table `name` at `version`, with the version actually read."
     if on_databricks():
+        from pyspark.sql import functions as F
         sdf, v = read_spark_table(name, version)
+        for col, op, val in filters or []: sdf = sdf.where({"=": F.col(col) == val, "!=": F.col(col) != val, "<": F.col(col) < val,
+                                                             "<=": F.col(col) <= val, ">": F.col(col) > val, ">=": F.col(col) >= val}[op])
         if columns: sdf = sdf.select(*columns)
         return Snapshot(sdf.toPandas(), v, name, name)
     dt = open_delta(name, version)
     if columns:
         missing = [c for c in columns if c not in dt.schema().to_arrow().names]
         if missing: raise DataError(f"table {name} has no column(s) {', '.join(missing)}")
-    with table_errors(name, dt.version()): data = dt.to_pandas(columns=columns)
+    with table_errors(name, dt.version()): data = dt.to_pandas(columns=columns, filters=filters or None)
     return Snapshot(data, dt.version(), name, str(table_path(name)))
 
 def table_version(name:str) -> int:

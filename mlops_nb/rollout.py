@@ -64,8 +64,9 @@ def challenger_errors(cfg:EnvConfig, version:str, since:str) -> tuple[int, int]:
     from mlops_nb.lakehouse import read_table, table_exists
     name = cfg.qualify(cfg.inference_log_table)
     if not table_exists(name): return 0, 0
-    d = read_table(name, columns=["timestamp_ms", "arm", "model_version", "status_code", "shadow_of"]).data
-    d = d[(d.timestamp_ms >= int(_ts(since).timestamp() * 1000)) & d.shadow_of.isna()]
+    d = read_table(name, columns=["arm", "model_version", "status_code", "shadow_of"],   # the step's rows only, not the whole log
+                   filters=[("timestamp_ms", ">=", int(_ts(since).timestamp() * 1000)), ("arm", "=", "challenger")]).data
+    d = d[d.shadow_of.isna()]
     failed = d.status_code.fillna(500) >= 500
     mine = (d.arm == "challenger") & (d.model_version.astype(str) == str(version))   # a failed model call is logged under its arm
     return int(mine.sum()), int((mine & failed).sum())

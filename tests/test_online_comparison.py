@@ -1,7 +1,7 @@
 """`mlops-nb compare-online` on the real CLI, against what a real `mlops-nb serve` logged: shadow pairs (paired), A/B arms (unpaired), --promote, a window with no labels."""
 from __future__ import annotations
 import json, os
-import numpy as np, pandas as pd, pytest
+import pandas as pd, pytest
 from scoring_helpers import home_environ, make_champion
 from test_serving_routes import start, stop_and_read_log
 from conftest import run_cli
