@@ -30,6 +30,7 @@ class LoadedModel:
     inputs: list                 # `InputColumn`s of its signature
     predict: Callable            # pandas DataFrame -> probabilities of class 1
     loaded_at: str = field(default_factory=_now)
+    compiled: str = ""           # "compiled", or why `predict` is the pipeline's own (`compiled_model.compile_pipeline`)
 
     def lineage(self) -> dict:
         "What every answer carries about the model."
@@ -54,6 +55,7 @@ def load_alias(cfg:EnvConfig, alias:str="champion") -> LoadedModel:
     from mlops_nb.model_input import model_inputs
     from mlops_nb.training import positive_proba
     from mlops_nb.pyfunc_model import sklearn_estimator
+    from mlops_nb.compiled_model import compile_pipeline
     require_store()
     client = configure_mlflow(cfg)
     mv = _alias_version(client, cfg, alias)
@@ -61,8 +63,9 @@ def load_alias(cfg:EnvConfig, alias:str="champion") -> LoadedModel:
     sha = (mv.tags or {}).get("GIT_SHA") or client.get_run(mv.run_id).data.tags.get("GIT_SHA", "")
     model = mlflow.pyfunc.load_model(uri)
     est = sklearn_estimator(model)
-    predict = (lambda df: positive_proba(est.predict_proba(df))) if est is not None else (lambda df: positive_proba(model.predict(df)))
-    return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict)
+    fast, how = compile_pipeline(est) if est is not None else (None, "not compiled: not a scikit-learn model")
+    predict = fast or ((lambda df: positive_proba(est.predict_proba(df))) if est is not None else (lambda df: positive_proba(model.predict(df))))
+    return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict, compiled=how)
 
 # %% ../nbs/13c_routing.ipynb #ea3947ae
 def route_table(routes:dict, mode:str="split") -> list:
@@ -131,7 +134,8 @@ class Served:
     def describe(self) -> dict:
         "The routes and versions, for `/health`, `/version` and `/reload`."
         return {"mode": "shadow" if self.shadow else "split", "routes": dict(self.table), "shadow": self.shadow,
-                "versions": {a: m.version for a, m in self.arms.items()}, "loaded_at": self.loaded_at}
+                "versions": {a: m.version for a, m in self.arms.items()}, "compiled": {a: m.compiled for a, m in self.arms.items()},
+                "loaded_at": self.loaded_at}
 
 # %% ../nbs/13c_routing.ipynb #05b5139b
 def served_aliases(table:list, shadow:str|None) -> list:
