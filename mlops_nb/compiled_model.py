@@ -16,6 +16,10 @@ _UNSEEN = "\x00a category no training row had"
 
 def _is_nan(v) -> bool: return isinstance(v, float) and v != v
 
+def _last_step(block):
+    "A block's last step (the block itself when it is not a pipeline)."
+    return block.steps[-1][1] if hasattr(block, "steps") else block
+
 def _numeric_steps(block) -> list|None:
     "The steps of a numeric block (`SimpleImputer`s and `StandardScaler`s, in order) as `(fill values, mean, scale)`; None for another step."
     from sklearn.impute import SimpleImputer
@@ -45,7 +49,7 @@ def _category_tables(block, cols:list) -> list|None:
     "Per column of a block ending in a `OneHotEncoder`: `(row of each category, table)`, the table's rows the block's own output for each category, None, NaN and an unseen value."
     import pandas as pd
     from sklearn.preprocessing import OneHotEncoder
-    enc = block.steps[-1][1] if hasattr(block, "steps") else block
+    enc = _last_step(block)
     if not isinstance(enc, OneHotEncoder) or enc.drop is not None or enc.handle_unknown == "error": return None
     rare = getattr(enc, "infrequent_categories_", [None] * len(cols))
     widths = [len(c) - (len(r) - 1 if r is not None and len(r) else 0) for c, r in zip(enc.categories_, rare)]
@@ -145,7 +149,7 @@ def _frame_probe(ct, rows:int=256, seed:int=0):
     rng, cols = np.random.default_rng(seed), {}
     for name, block, names in ct.transformers_:
         if isinstance(block, str): continue
-        enc = block.steps[-1][1] if hasattr(block, "steps") else block
+        enc = _last_step(block)
         for j, c in enumerate(names):
             if hasattr(enc, "categories_"):
                 cols[c] = pd.Series(rng.choice(np.array([*enc.categories_[j].tolist(), None, float("nan"), _UNSEEN], dtype=object), rows), dtype=object)
@@ -160,24 +164,25 @@ def _frame_probe(ct, rows:int=256, seed:int=0):
 def compile_pipeline(est) -> tuple:
     "`(df -> probability of class 1, 'compiled')` for a fitted pipeline whose compiled form gives its probabilities exactly on a probe, else `(None, why not)`."
     from sklearn.pipeline import Pipeline
+    from mlops_nb.training import positive_proba
     if not isinstance(est, Pipeline) or len(est.steps) != 2: return None, "not compiled: not a two-step scikit-learn pipeline"
     try:
         transform, why = _preprocessing(est.steps[0][1])
         if transform is None: return None, f"not compiled: {why}"
         clf = est.steps[1][1]
         proba, why = _forest(clf)
-        if proba is None: proba = lambda X: np.asarray(clf.predict_proba(X), dtype="float64")[:, 1]
+        if proba is None: proba = lambda X: positive_proba(clf.predict_proba(X))
         def fast(df) -> np.ndarray:
             try: X = transform(df)
-            except (TypeError, ValueError): return np.asarray(est.predict_proba(df), dtype="float64")[:, 1]
+            except (TypeError, ValueError): return positive_proba(est.predict_proba(df))
             return proba(X)
         probe = _frame_probe(est.steps[0][1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            want, got = np.asarray(est.predict_proba(probe), dtype="float64")[:, 1], fast(probe)
-            if hasattr(clf, "_predictors") and why is None:
-                Xt = _threshold_probe(clf, transform(probe).shape[1])
-                want, got = np.concatenate([want, clf.predict_proba(Xt)[:, 1]]), np.concatenate([got, proba(Xt)])
+            want, got = positive_proba(est.predict_proba(probe)), fast(probe)
+            if why is None:   # the trees are compiled: check them at every threshold too
+                Xt = _threshold_probe(clf, clf.n_features_in_)
+                want, got = np.concatenate([want, positive_proba(clf.predict_proba(Xt))]), np.concatenate([got, proba(Xt)])
     except Exception as e:   # a pipeline this does not understand is served as it is
         return None, f"not compiled: {type(e).__name__}: {e}"
     if not np.array_equal(want, got): return None, f"not compiled: it differs from the pipeline on {int((want != got).sum())} of {len(want)} probe rows"
