@@ -16,6 +16,14 @@ _UNSEEN = "\x00a category no training row had"
 
 def _is_nan(v) -> bool: return isinstance(v, float) and v != v
 
+def _floats(col) -> np.ndarray:
+    "A column (of a data frame, or of `request_checks.records_columns`: an array, or a list with None) as float64, nulls as NaN."
+    return col.to_numpy(dtype="float64", na_value=np.nan) if hasattr(col, "to_numpy") else np.asarray(col, dtype="float64")
+
+def _values(col) -> list:
+    "A column's values as Python objects, as `Series.tolist` gives them."
+    return col.tolist() if hasattr(col, "tolist") else list(col)
+
 def _last_step(block):
     "A block's last step (the block itself when it is not a pipeline)."
     return block.steps[-1][1] if hasattr(block, "steps") else block
@@ -67,16 +75,16 @@ def _category_tables(block, cols:list) -> list|None:
     return tables
 
 def _category_block(tables:list, cols:list, df) -> list:
-    "A categorical block's output for `df`, a matrix per column."
+    "A categorical block's output for `df` (a data frame, or `{column: values}`), a matrix per column."
     out = []
     for c, (index, table) in zip(cols, tables):
         n = len(index)   # rows n, n + 1, n + 2 of the table: None, NaN, an unseen value
-        out.append(table[[n if v is None else n + 1 if _is_nan(v) else index.get(v, n + 2) for v in df[c].tolist()]])
+        out.append(table[[n if v is None else n + 1 if _is_nan(v) else index.get(v, n + 2) for v in _values(df[c])]])
     return out
 
 # %% ../nbs/13bc_compiled_model.ipynb #6e866cfe
 def _preprocessing(ct) -> tuple:
-    "`(df -> float64 matrix, None)` computing the fitted `ColumnTransformer` `ct`, or `(None, why not)`."
+    "`(df -> float64 matrix, None)` computing the fitted `ColumnTransformer` `ct` (`df` a data frame, or `{column: values}`), or `(None, why not)`."
     from sklearn.compose import ColumnTransformer
     if not isinstance(ct, ColumnTransformer): return None, f"the first step is a {type(ct).__name__}, not a ColumnTransformer"
     parts = []
@@ -90,7 +98,7 @@ def _preprocessing(ct) -> tuple:
     def transform(df) -> np.ndarray:
         out = []
         for cols, ops, tables in parts:
-            if ops is not None: out.append(_numeric_block(ops, np.column_stack([df[c].to_numpy(dtype="float64", na_value=np.nan) for c in cols])))
+            if ops is not None: out.append(_numeric_block(ops, np.column_stack([_floats(df[c]) for c in cols])))
             else: out.extend(_category_block(tables, cols, df))
         return np.hstack(out)
     return transform, None
@@ -162,7 +170,8 @@ def _frame_probe(ct, rows:int=256, seed:int=0):
 
 # %% ../nbs/13bc_compiled_model.ipynb #6c60056c
 def compile_pipeline(est) -> tuple:
-    "`(df -> probability of class 1, 'compiled')` for a fitted pipeline whose compiled form gives its probabilities exactly on a probe, else `(None, why not)`."
+    "`(df -> probability of class 1, 'compiled')` for a fitted pipeline whose compiled form gives its probabilities exactly on a probe (`df` a data frame, or its `{column: values}`), else `(None, why not)`."
+    import pandas as pd
     from sklearn.pipeline import Pipeline
     from mlops_nb.training import positive_proba
     if not isinstance(est, Pipeline) or len(est.steps) != 2: return None, "not compiled: not a two-step scikit-learn pipeline"
@@ -174,12 +183,14 @@ def compile_pipeline(est) -> tuple:
         if proba is None: proba = lambda X: positive_proba(clf.predict_proba(X))
         def fast(df) -> np.ndarray:
             try: X = transform(df)
-            except (TypeError, ValueError): return positive_proba(est.predict_proba(df))
+            except (TypeError, ValueError): return positive_proba(est.predict_proba(df if hasattr(df, "iloc") else pd.DataFrame(df, copy=False)))
             return proba(X)
         probe = _frame_probe(est.steps[0][1])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            want, got = positive_proba(est.predict_proba(probe)), fast(probe)
+            want = positive_proba(est.predict_proba(probe))
+            columns = {c: s.tolist() if s.dtype == object else s.to_numpy() for c, s in probe.items()}   # as records_columns gives them
+            want, got = np.concatenate([want, want]), np.concatenate([fast(probe), fast(columns)])
             if why is None:   # the trees are compiled: check them at every threshold too
                 Xt = _threshold_probe(clf, clf.n_features_in_)
                 want, got = np.concatenate([want, positive_proba(clf.predict_proba(Xt))]), np.concatenate([got, proba(Xt)])

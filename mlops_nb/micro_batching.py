@@ -8,7 +8,7 @@ import asyncio, collections
 import numpy as np
 from fastcore.basics import patch
 from .core import ParameterError
-from .request_checks import records_frame
+from .request_checks import records_columns, records_frame
 from .routing import LoadedModel
 
 # %% auto #0
@@ -18,7 +18,7 @@ __all__ = ['MicroBatcher']
 def _predict_batch(m:LoadedModel, requests:list) -> list:
     "For each request (a list of records), its probabilities from one call of `m`; if that call fails, each request alone (its exception in its place)."
     def one(records):
-        proba = np.asarray(m.predict(records_frame(records, m.inputs)), dtype="float64")
+        proba = np.asarray(m.predict((records_columns if m.takes_columns else records_frame)(records, m.inputs)), dtype="float64")
         if proba.shape != (len(records),): raise ValueError(f"the model returned {proba.shape} probabilities for {len(records)} records")
         return proba
     sizes = [len(r) for r in requests]
@@ -64,13 +64,14 @@ def _take(self:MicroBatcher) -> tuple:
 
 @patch
 async def _drain(self:MicroBatcher):
-    "Call the model until nothing waits (after `linger` seconds before each call, unless a full call already waits)."
+    "Call the model until nothing waits (after `linger` seconds before each call, unless a full call already waits); in a worker thread unless it `takes_columns`."
     batch = []
     try:
         while self.waiting:
             if self.linger and sum(len(r) for r, _, _ in self.waiting) < self.max_rows: await asyncio.sleep(self.linger)
             m, batch = self._take()
-            results = await asyncio.to_thread(_predict_batch, m, [records for records, _, _ in batch])
+            requests = [records for records, _, _ in batch]
+            results = _predict_batch(m, requests) if m.takes_columns else await asyncio.to_thread(_predict_batch, m, requests)
             for (_, fut, _), res in zip(batch, results):
                 if fut.done(): continue   # the client went away
                 if isinstance(res, BaseException): fut.set_exception(res)

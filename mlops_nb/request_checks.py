@@ -8,7 +8,7 @@ import json
 import numpy as np, pandas as pd
 
 # %% auto #0
-__all__ = ['record_errors', 'records_frame']
+__all__ = ['record_errors', 'records_columns', 'records_frame']
 
 # %% ../nbs/13a_request_checks.ipynb #3079acf3
 def _is_number(v) -> bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) != float("inf")
@@ -48,6 +48,10 @@ def _typed(values:list, t:str|None):
     if t is None or (t.startswith("int") and any(v is None for v in values)): return values
     return np.array(values, dtype=t)   # a null of a float column: NaN
 
+def records_columns(records:list, inputs:list) -> dict:
+    "Checked records as the columns of the model's data frame, `{name: values}`: its columns, in order, with its types; missing optional values as nulls."
+    return {c.name: _typed([r.get(c.name) for r in records], _PANDAS_TYPES.get(c.type)) for c in inputs}
+
 def records_frame(records:list, inputs:list) -> pd.DataFrame:
-    "Checked records as the data frame the model takes: its columns, in order, with its types; missing optional values as nulls."
-    return pd.DataFrame({c.name: _typed([r.get(c.name) for r in records], _PANDAS_TYPES.get(c.type)) for c in inputs}, copy=False)
+    "Checked records as the data frame the model takes (the frame of `records_columns`)."
+    return pd.DataFrame(records_columns(records, inputs), copy=False)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13c_routing.ipynb #e683c991
 from __future__ import annotations
-import asyncio, dataclasses, datetime as _dt, hashlib, json
+import asyncio, dataclasses, datetime as _dt, functools, hashlib, json
 from dataclasses import dataclass, field
 from typing import Callable
 from .core import ConfigError, MlopsNbError, short_error
@@ -14,8 +14,8 @@ from .scoring import prediction_id
 
 # %% auto #0
 __all__ = ['LoadedModel', 'load_alias', 'route_table', 'shadow_alias', 'key_bucket', 'arm_of', 'record_keys', 'Served',
-           'served_aliases', 'load_served', 'with_routes_in_force', 'reread_routes', 'routes_signature', 'record_rows',
-           'served_answer', 'ServedVersions']
+           'record_arms', 'served_aliases', 'load_served', 'with_routes_in_force', 'reread_routes', 'routes_signature',
+           'record_rows', 'served_answer', 'ServedVersions']
 
 # %% ../nbs/13c_routing.ipynb #9e209758
 def _now() -> str: return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -31,6 +31,7 @@ class LoadedModel:
     predict: Callable            # pandas DataFrame -> probabilities of class 1
     loaded_at: str = field(default_factory=_now)
     compiled: str = ""           # "compiled", or why `predict` is the pipeline's own (`compiled_model.compile_pipeline`)
+    takes_columns: bool = False  # `predict` also takes `request_checks.records_columns` (compiled): no frame to build, quick enough for the event loop
 
     def lineage(self) -> dict:
         "What every answer carries about the model."
@@ -65,7 +66,7 @@ def load_alias(cfg:EnvConfig, alias:str="champion") -> LoadedModel:
     est = sklearn_estimator(model)
     fast, how = compile_pipeline(est) if est is not None else (None, "not compiled: not a scikit-learn model")
     predict = fast or ((lambda df: positive_proba(est.predict_proba(df))) if est is not None else (lambda df: positive_proba(model.predict(df))))
-    return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict, compiled=how)
+    return LoadedModel(cfg.registered_model, str(mv.version), mv.run_id, sha, model_inputs(uri), predict, compiled=how, takes_columns=fast is not None)
 
 # %% ../nbs/13c_routing.ipynb #ea3947ae
 def route_table(routes:dict, mode:str="split") -> list:
@@ -114,7 +115,7 @@ class Served:
         "The version behind `champion` (else the first arm): the lineage of answers no model computed."
         return self.arms.get("champion") or next(iter(self.arms.values()))
 
-    @property
+    @functools.cached_property   # a `Served` is never changed, only replaced
     def inputs(self) -> list:
         "The input columns of every loaded version: required when any version requires it."
         cols = {}
@@ -136,6 +137,12 @@ class Served:
         return {"mode": "shadow" if self.shadow else "split", "routes": dict(self.table), "shadow": self.shadow,
                 "versions": {a: m.version for a, m in self.arms.items()}, "compiled": {a: m.compiled for a, m in self.arms.items()},
                 "loaded_at": self.loaded_at}
+
+# %% ../nbs/13c_routing.ipynb #c12f0e08
+def record_arms(served:Served, records:list, keys:list, client_id:str|None, request_id:str) -> list:
+    "The arm of each record: by its routing key (`record_keys`) when more than one arm answers; else the one arm, and no key is computed."
+    live = [a for a, p in served.table if p > 0]
+    return [live[0]] * len(records) if len(live) == 1 else served.assign(record_keys(records, keys, client_id, request_id))
 
 # %% ../nbs/13c_routing.ipynb #05b5139b
 def served_aliases(table:list, shadow:str|None) -> list:
@@ -176,9 +183,10 @@ def record_rows(models:list, arms:list, records:list, proba, request_id:str, thr
     for i, (m, arm, rec, p) in enumerate(zip(models, arms, records, proba)):
         pid, pred = prediction_id(request_id, m.version, i), {"probability": float(p), "label": int(p >= threshold), "model_version": m.version, "arm": arm}
         preds.append(pred); ids.append(pid)
-        rows.append({**m.lineage(), "arm": arm, "prediction_ids": [pid], "inputs": json.dumps([rec]), "outputs": json.dumps([pred]),
-                     "shadow_of": shadow_of[i] if shadow_of else None, "request": json.dumps({"dataframe_records": [rec]}),
-                     "response": json.dumps({"predictions": [{**pred, "prediction_id": pid}]})})
+        r, o = json.dumps(rec), json.dumps(pred)   # each written once: the columns hold the same JSON in different wrappers
+        rows.append({**m.lineage(), "arm": arm, "prediction_ids": [pid], "inputs": f"[{r}]", "outputs": f"[{o}]",
+                     "shadow_of": shadow_of[i] if shadow_of else None, "request": f'{{"dataframe_records": [{r}]}}',
+                     "response": f'{{"predictions": [{o[:-1]}, "prediction_id": "{pid}"}}]}}'})
     return preds, ids, rows
 
 def served_answer(served:Served, arms:list, records:list, proba, request_id:str, threshold:float):

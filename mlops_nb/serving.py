@@ -13,7 +13,7 @@ from .scoring import prediction_id
 from .request_checks import record_errors
 from .inference_log import InferenceLog, request_fields
 from .micro_batching import MicroBatcher
-from .routing import LoadedModel, Served, ServedVersions, load_alias, record_keys, record_rows, routes_signature, served_answer
+from .routing import LoadedModel, Served, ServedVersions, load_alias, record_arms, record_rows, routes_signature, served_answer
 from .variables import SERVE_TOKEN
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
 from fastapi.responses import JSONResponse
@@ -44,14 +44,20 @@ async def _read_body(request, limit:int) -> bytes|None:
     return b"".join(chunks)
 
 # %% ../nbs/14_serving.ipynb #79e0419a
+def _request_ids():
+    "Random request ids (UUID version 4) from the system's random source, 1,024 per read of it (`uuid4()` reads it once an id)."
+    while True:
+        pool = os.urandom(16 * 1024)
+        for i in range(0, len(pool), 16): yield str(uuid.UUID(bytes=pool[i:i + 16], version=4))
+
 class _GuardAndLog:
     "ASGI middleware: the bearer token check (401), an `X-Request-ID` on every response, and its inference log rows."
     open_paths = ("/health",)   # liveness probes carry no token; every other path needs it when one is set
-    def __init__(self, app, token:str=""): self.app, self.token = app, token
+    def __init__(self, app, token:str=""): self.app, self.token, self.ids = app, token, _request_ids()
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http": return await self.app(scope, receive, send)
-        started, rid, status = time.perf_counter(), str(uuid.uuid4()), [500]
+        started, rid, status = time.perf_counter(), next(self.ids), [500]
         state = scope.setdefault("state", {})   # what handlers see as `request.state`
         header = lambda name: next((v.decode("latin-1") for k, v in scope["headers"] if k == name), None)
         state.update(request_id=rid, started=time.time(), client_request_id=header(b"x-client-request-id"))
@@ -88,6 +94,7 @@ SHADOW_LINGER_SECONDS = 0.1   # the shadow batcher waits this long for more reco
 
 async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:list) -> np.ndarray:
     "The probability of each record from its arm's version: one micro-batched call per version."
+    if len(set(arms)) == 1: return await batcher.predict(records, served.arms[arms[0]])   # one version: no task to gather
     groups = {}
     for i, a in enumerate(arms): groups.setdefault(a, []).append(i)
     results = await asyncio.gather(*[batcher.predict([records[i] for i in idx], served.arms[a]) for a, idx in groups.items()])
@@ -133,7 +140,6 @@ async def _lifespan(app):
 
 def _add_predict_route(app):
     "`POST /predict`: check the records (413, 422), answer each with its arm's version in micro-batched model calls (500 when one fails)."
-    @app.post("/predict")
     async def predict(request: Request):
         st, served = request.app.state, request.app.state.versions.current   # this request's versions, whatever reloads meanwhile
         body = await _read_body(request, st.limit)
@@ -145,7 +151,7 @@ def _add_predict_route(app):
             status, answer, request.state.log = error
             return JSONResponse(answer, status)
         rid = request.state.request_id
-        arms = served.assign(record_keys(records, st.keys, request.state.client_request_id, rid))
+        arms = record_arms(served, records, st.keys, request.state.client_request_id, rid)
         try: proba = await _predict_arms(st.batcher, served, arms, records)
         except Exception as e:
             what = f"{type(e).__name__}: {e}"
@@ -156,6 +162,8 @@ def _add_predict_route(app):
         status, answer, request.state.log_rows = served_answer(served, arms, records, proba, rid, st.threshold)
         if served.shadow: _start_shadow(st, served, records, answer["prediction_ids"], (rid, request.state.client_request_id, request.state.started))
         return JSONResponse(answer, status)
+    # A Starlette route: it reads and checks its body itself, so FastAPI's per-request dependency solving would only add work.
+    app.add_route("/predict", predict, methods=["POST"])
 
 # %% ../nbs/14_serving.ipynb #5e05c0e9
 def _add_model_routes(app, cfg:EnvConfig):
