@@ -64,15 +64,17 @@ def _take(self:MicroBatcher) -> tuple:
 
 @patch
 async def _drain(self:MicroBatcher):
-    "Call the model until nothing waits (after `linger` seconds before each call, unless a full call already waits); in a worker thread unless it `takes_columns`."
+    "Call the model until nothing waits (after `linger` seconds before each call, unless a full call already waits); in a worker thread unless it `takes_columns` and nobody lingers."
     batch = []
     try:
         while self.waiting:
             if self.linger and sum(len(r) for r, _, _ in self.waiting) < self.max_rows: await asyncio.sleep(self.linger)
             m, batch = self._take()
             requests = [records for records, _, _ in batch]
-            results = _predict_batch(m, requests) if m.takes_columns else await asyncio.to_thread(_predict_batch, m, requests)
-            for (_, fut, _), res in zip(batch, results):
+            inline = m.takes_columns and not self.linger
+            results = _predict_batch(m, requests) if inline else await asyncio.to_thread(_predict_batch, m, requests)
+            for k, ((_, fut, _), res) in enumerate(zip(batch, results)):
+                if self.linger and k % 16 == 15: await asyncio.sleep(0)   # nobody waits: hand the results back a few at a time
                 if fut.done(): continue   # the client went away
                 if isinstance(res, BaseException): fut.set_exception(res)
                 else: fut.set_result(res)
@@ -84,3 +86,13 @@ async def _drain(self:MicroBatcher):
         self.waiting.clear()
         raise
     finally: self.task = None
+
+# %% ../nbs/13ca_micro_batching.ipynb #0a8b0e67
+@patch
+async def predict_each(self:MicroBatcher, requests:list) -> list:
+    "For each `(records, model)` of `requests`, what `predict` would give: its probabilities, or its exception; with no task for each (many requests at once)."
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in requests]
+    self.waiting.extend((records, fut, m) for (records, m), fut in zip(requests, futs))
+    if self.task is None and futs: self.task = loop.create_task(self._drain())
+    return await asyncio.gather(*futs, return_exceptions=True)

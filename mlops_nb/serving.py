@@ -102,26 +102,37 @@ async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:
     for idx, p in zip(groups.values(), results): proba[idx] = p
     return proba
 
+# %% ../nbs/14_serving.ipynb #9ec6ac6f
 def _start_shadow(st, served:Served, records:list, answer_ids:list, request:tuple):
-    "Score `records` with the shadow version off the request path (dropped, and counted, when too many wait)."
+    "Queue `records` for the shadow version, scored off the request path (dropped, and counted, when too many wait)."
     if st.shadow_stats["pending"] + len(records) > st.shadow_limit:
         st.shadow_stats["dropped"] += len(records); return
     st.shadow_stats["pending"] += len(records)
-    task = asyncio.get_running_loop().create_task(_shadow(st, served, records, answer_ids, request))
-    st.shadow_tasks.add(task); task.add_done_callback(st.shadow_tasks.discard)
+    st.shadow_waiting.append((served, records, answer_ids, request, time.perf_counter()))
+    if st.shadow_task is None: st.shadow_task = asyncio.get_running_loop().create_task(_shadow_loop(st))
 
-async def _shadow(st, served:Served, records:list, answer_ids:list, request:tuple):
-    "The shadow scores of `records`: one inference log row each, with the prediction id of the answer it shadows."
-    m, n, t0 = served.arms[served.shadow], len(records), time.perf_counter()
+async def _shadow_loop(st):
+    "Until nothing waits: score what waits in the shadow batcher's few large calls, then log it, sixteen requests at a time between other work."
     try:
-        proba = await st.shadow_batcher.predict(records, m)
-        rows, status = record_rows([m] * n, [served.shadow] * n, records, proba, request[0], st.threshold, answer_ids)[2], 200
-        st.shadow_stats["scored"] += n
-    except Exception as e:
-        what, status = f"{type(e).__name__}: {short_error(e)}", 500
+        while st.shadow_waiting:
+            waiting, st.shadow_waiting = st.shadow_waiting, []
+            results = await st.shadow_batcher.predict_each([(records, served.arms[served.shadow]) for served, records, *_ in waiting])
+            for k, (item, res) in enumerate(zip(waiting, results)):
+                _log_shadow(st, *item, res)
+                if k % 16 == 15: await asyncio.sleep(0)
+    finally: st.shadow_task = None
+
+def _log_shadow(st, served:Served, records:list, answer_ids:list, request:tuple, t0:float, proba):
+    "One inference log row per shadow score of a request's `records` (`proba`, or the exception that stopped them), with the prediction id of the answer it shadows."
+    m, n = served.arms[served.shadow], len(records)
+    if isinstance(proba, BaseException):
+        what, status = f"{type(proba).__name__}: {short_error(proba)}", 500
         rows = [{**m.lineage(), "arm": served.shadow, "shadow_of": pid, "inputs": json.dumps([r]), "error": what} for r, pid in zip(records, answer_ids)]
         st.shadow_stats["failed"] += n
-    finally: st.shadow_stats["pending"] -= n
+    else:
+        rows, status = record_rows([m] * n, [served.shadow] * n, records, proba, request[0], st.threshold, answer_ids)[2], 200
+        st.shadow_stats["scored"] += n
+    st.shadow_stats["pending"] -= n
     if st.log is not None:
         f = request_fields(*request, "POST", "/predict", status, (time.perf_counter() - t0) * 1000)
         for r in rows: st.log.add({**f, **r})
@@ -135,7 +146,7 @@ async def _lifespan(app):
     try: yield
     finally:
         if watch is not None: watch.cancel()
-        if st.shadow_tasks: await asyncio.wait(list(st.shadow_tasks), timeout=30)
+        if st.shadow_task is not None: await asyncio.wait([st.shadow_task], timeout=30)
         if st.log is not None: st.log.close()
 
 def _add_predict_route(app):
@@ -209,7 +220,7 @@ def create_app(cfg:EnvConfig,          # the env: model, routes, inference log t
     st.versions = ServedVersions(cfg, loader, reconfigure, watch if watch is not None or loader is not None else routes_signature)
     st.threshold, st.limit, st.keys, st.check_seconds = cfg.decision_threshold, cfg.serve_max_body_bytes, cfg.keys, cfg.serve_reload_check_seconds
     st.batcher, st.shadow_batcher = MicroBatcher(cfg.serve_max_batch_rows), MicroBatcher(cfg.serve_max_batch_rows, SHADOW_LINGER_SECONDS)
-    st.shadow_stats, st.shadow_tasks, st.shadow_limit = {"scored": 0, "failed": 0, "dropped": 0, "pending": 0}, set(), 100 * cfg.serve_max_batch_rows
+    st.shadow_stats, st.shadow_waiting, st.shadow_task, st.shadow_limit = {"scored": 0, "failed": 0, "dropped": 0, "pending": 0}, [], None, 100 * cfg.serve_max_batch_rows
     st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
 
     app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
