@@ -1,11 +1,11 @@
 """Benchmark of online serving: single-record requests at a fixed concurrency against the real `mlops-nb serve`.
 
-Starts every server once (uvicorn, one process each, on free loopback ports) with an `hgb` champion, then, round
-after round, a second process sends each server in turn the same requests over keep-alive HTTP connections, one
-thread per connection (after a warm-up round that is not counted: each server's first inference log commits, which
-create its table, and lazy imports), and reports p50 and p99 latency, requests/s and errors, and each round's ratios (the servers
-of one round ran back to back, the champion only and the no-op endpoint first, so a ratio is a pair's; the summary is
-the median of the rounds). Then it stops the
+Starts every server once (uvicorn, one process each, on free loopback ports) with an `hgb` champion, then, after a
+warm-up round that is not counted (each server's first inference log commits, which create its table, and lazy
+imports), round after round, a second process sends each server in turn the same requests over keep-alive HTTP
+connections, one thread per connection, and reports p50 and p99 latency, requests/s and errors, and each round's
+ratios (the servers of one round ran back to back, the champion only and the no-op endpoint first, so a ratio is a
+pair's; the summary is the median of the rounds). Then it stops the
 servers (SIGTERM) and checks that each inference log holds every answer. The servers: the champion only, a 90/10
 split with an `hgb` challenger, and shadow mode (the challenger scores every record off the request path; its rows
 counted apart), and, on the same champion and load,

@@ -42,13 +42,17 @@ class MicroBatcher:
         self.waiting, self.task = collections.deque(), None
         self.calls = self.requests = self.rows = 0   # model calls, and the requests and rows they answered
 
-    async def predict(self, records:list, model:LoadedModel):
-        "The probabilities `model` gives checked `records`, computed together with whatever else waits for `model`."
+    def _submit(self, records:list, model:LoadedModel) -> asyncio.Future:
+        "A future of the probabilities `model` gives `records`, queued for the next call."
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         self.waiting.append((records, fut, model))
         if self.task is None: self.task = loop.create_task(self._drain())
-        return await fut
+        return fut
+
+    async def predict(self, records:list, model:LoadedModel):
+        "The probabilities `model` gives checked `records`, computed together with whatever else waits for `model`."
+        return await self._submit(records, model)
 
 # %% ../nbs/13ca_micro_batching.ipynb #b885dc30
 @patch
@@ -73,8 +77,7 @@ async def _drain(self:MicroBatcher):
             requests = [records for records, _, _ in batch]
             inline = m.takes_columns and not self.linger
             results = _predict_batch(m, requests) if inline else await asyncio.to_thread(_predict_batch, m, requests)
-            for k, ((_, fut, _), res) in enumerate(zip(batch, results)):
-                if self.linger and k % 16 == 15: await asyncio.sleep(0)   # nobody waits: hand the results back a few at a time
+            for (_, fut, _), res in zip(batch, results):
                 if fut.done(): continue   # the client went away
                 if isinstance(res, BaseException): fut.set_exception(res)
                 else: fut.set_result(res)
@@ -91,8 +94,4 @@ async def _drain(self:MicroBatcher):
 @patch
 async def predict_each(self:MicroBatcher, requests:list) -> list:
     "For each `(records, model)` of `requests`, what `predict` would give: its probabilities, or its exception; with no task for each (many requests at once)."
-    loop = asyncio.get_running_loop()
-    futs = [loop.create_future() for _ in requests]
-    self.waiting.extend((records, fut, m) for (records, m), fut in zip(requests, futs))
-    if self.task is None and futs: self.task = loop.create_task(self._drain())
-    return await asyncio.gather(*futs, return_exceptions=True)
+    return await asyncio.gather(*[self._submit(records, m) for records, m in requests], return_exceptions=True)

@@ -124,9 +124,8 @@ class Served:
         return list(cols.values())
 
     def assign(self, keys:list) -> list:
-        "The arm of each routing key."
-        live = [(a, p) for a, p in self.table if p > 0]
-        return [live[0][0]] * len(keys) if len(live) == 1 else [arm_of(k, self.table) for k in keys]
+        "The arm of each routing key (`record_arms` skips the keys when one arm answers all)."
+        return [arm_of(k, self.table) for k in keys]
 
     def signature(self) -> tuple:
         "The routes and the version behind each loaded alias, as the periodic check compares them."
