@@ -4,13 +4,15 @@
 
 # %% ../nbs/13b_inference_log.ipynb #8e3f8910
 from __future__ import annotations
-import datetime as _dt, queue, sys, threading, time
+import collections, datetime as _dt, queue, sys, threading, time
+from typing import Callable
 import pyarrow as pa
 from fastcore.basics import patch
 from .core import ParameterError
 
 # %% auto #0
-__all__ = ['INFERENCE_LOG_SCHEMA', 'request_fields', 'InferenceLog']
+__all__ = ['INFERENCE_LOG_SCHEMA', 'DERIVE_KEY', 'QUIET_SECONDS', 'DERIVE_MAX_SECONDS', 'DERIVE_MAX_ROWS', 'request_fields',
+           'InferenceLog']
 
 # %% ../nbs/13b_inference_log.ipynb #48442d4f
 INFERENCE_LOG_SCHEMA = pa.schema([
@@ -27,16 +29,23 @@ def request_fields(request_id:str, client_request_id:str|None, started:float, me
             "date": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).date(), "timestamp_ms": int(started * 1000),
             "method": method, "path": path, "status": status, "status_code": status, "latency_ms": latency_ms, "execution_time_ms": round(latency_ms)}
 
+DERIVE_KEY = "_derive"       # a logged row that carries this key also waits for `derive_rows` (not a column: never written)
+QUIET_SECONDS = 0.05         # no record for this long: the server is quiet, and the rows that wait are derived
+DERIVE_MAX_SECONDS = 60.0    # whatever the load, no row waits longer for its derived rows,
+DERIVE_MAX_ROWS = 20_000     # and no more rows than this wait
+
 class InferenceLog:
     "Append inference records to a Delta table in batches, from a background thread."
     def __init__(self, table:str,               # three-level table name
                  batch_rows:int=500,            # rows per commit, at most
                  flush_seconds:float=2.0,       # longest a record waits
                  max_pending:int=100_000,       # records beyond this are dropped (and counted)
+                 derive_rows:Callable=None,     # (waiting, busy) -> rows derived from rows that carry `DERIVE_KEY`, popped from deque `waiting` until `busy()`
                 ):
         if batch_rows < 1 or flush_seconds <= 0: raise ParameterError(f"inference log: expected batch_rows >= 1 and flush_seconds > 0, found {batch_rows}, {flush_seconds}")
-        self.table, self.batch_rows, self.flush_seconds = table, batch_rows, flush_seconds
+        self.table, self.batch_rows, self.flush_seconds, self.derive_rows = table, batch_rows, flush_seconds, derive_rows
         self.q, self.written, self.dropped, self.commits, self.delta = queue.Queue(max_pending), 0, 0, 0, None
+        self.waiting = collections.deque()   # (when it arrived, row) of the rows waiting for `derive_rows`
         self._stop = object()
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)  # started by the first `add`
 
@@ -47,6 +56,12 @@ class InferenceLog:
         except queue.Full: self.dropped += 1
 
 # %% ../nbs/13b_inference_log.ipynb #17c04731
+def _arrow_rows(rows:list) -> pa.Table:
+    "`rows` as a table of the log's schema, then the GIL handed back: a conversion holds it throughout, and the server's answers wait meanwhile."
+    t = pa.Table.from_pylist(rows, schema=INFERENCE_LOG_SCHEMA)
+    time.sleep(0)
+    return t
+
 @patch
 def _write(self:InferenceLog, batch:list):
     "Append `batch` to the table in one commit: the first through `write_table` (which creates the table, or adds the columns an older log lacks), the next to the table it left open."
@@ -54,7 +69,7 @@ def _write(self:InferenceLog, batch:list):
     from mlops_nb.config import on_databricks
     from mlops_nb.lakehouse import open_delta, write_table
     try:
-        rows = pa.Table.from_pylist(batch, schema=INFERENCE_LOG_SCHEMA)
+        rows = pa.concat_tables([_arrow_rows(batch[i:i + 128]) for i in range(0, len(batch), 128)])
         if self.delta is not None: write_deltalake(self.delta, rows, mode="append")   # no Delta log to read again: a third of the cost
         else:
             write_table(rows, self.table, mode="append", merge_schema=True)
@@ -65,20 +80,44 @@ def _write(self:InferenceLog, batch:list):
         self.dropped += len(batch)
         print(f"mlops-nb serve: could not append {len(batch)} record(s) to {self.table}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
 
+
+# %% ../nbs/13b_inference_log.ipynb #d3e1f0a7
+@patch
+def _overdue(self:InferenceLog) -> bool:
+    "True when the rows waiting for `derive_rows` are too many or too old to wait for a quiet moment."
+    return len(self.waiting) > DERIVE_MAX_ROWS or bool(self.waiting) and time.monotonic() - self.waiting[0][0] > DERIVE_MAX_SECONDS
+
+@patch
+def _derive(self:InferenceLog, stop:bool) -> list:
+    "The rows `derive_rows` gives for the rows waiting: at `stop` all; overdue, until they are not; else until a record arrives."
+    busy = (lambda: False) if stop else (lambda: not self._overdue()) if self._overdue() else (lambda: self.q.qsize() > 0)
+    try: return self.derive_rows(self.waiting, busy)
+    except Exception as e:  # a bug where the rows are made: the records themselves are still written
+        n = len(self.waiting); self.waiting.clear()
+        print(f"mlops-nb serve: could not derive the rows that go with {n} record(s): {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return []
+
 @patch
 def _run(self:InferenceLog):
-    "Collect records into batches and write each when full or old enough; stop at the sentinel."
+    "Collect records into batches and write each when full or old enough, with the rows derived while the server is quiet; stop at the sentinel."
     batch, first = [], 0.0
     while True:
         timeout = None if not batch else max(0.0, first + self.flush_seconds - time.monotonic())
+        if self.waiting: timeout = QUIET_SECONDS if timeout is None else min(timeout, QUIET_SECONDS)
         try: rec = self.q.get(timeout=timeout)
         except queue.Empty: rec = None
-        if rec is not None and rec is not self._stop:
+        stop = rec is self._stop
+        if rec is not None and not stop:
             if not batch: first = time.monotonic()
             batch.append(rec)
-        if batch and (rec is None or rec is self._stop or len(batch) >= self.batch_rows or time.monotonic() - first >= self.flush_seconds):
+            if self.derive_rows and DERIVE_KEY in rec: self.waiting.append((time.monotonic(), rec))
+        if self.waiting and (rec is None or stop or self._overdue()):
+            more = self._derive(stop)
+            if more and not batch: first = time.monotonic()
+            batch += more
+        if batch and (stop or len(batch) >= self.batch_rows or time.monotonic() - first >= self.flush_seconds):
             self._write(batch); batch = []
-        if rec is self._stop: return
+        if stop: return
 
 # %% ../nbs/13b_inference_log.ipynb #b7fc6de4
 @patch

@@ -176,15 +176,20 @@ def routes_signature(cfg:EnvConfig) -> tuple:
     return tuple(table), shadow, tuple(sorted((a, None if v is None else str(v)) for a, v in versions.items()))
 
 # %% ../nbs/13c_routing.ipynb #38875a1b
-def record_rows(models:list, arms:list, records:list, proba, request_id:str, threshold:float, shadow_of:list=None) -> tuple:
-    "Each record's answer, prediction id and inference log row: `models[i]`, the version of arm `arms[i]`, computed record i (`shadow_of`: the ids of the answers shadowed)."
+def record_rows(models:list, arms:list, records:list, proba, request_id:str, threshold:float,
+                shadow_of:list=None, # the prediction ids of the answers these scores shadow
+                first:int=0,         # the request's index of `records[0]`
+                rows_of:list=None,   # the answer rows of `records` (shadow scores): their JSON is not written again
+               ) -> tuple:
+    "Each record's answer, prediction id and inference log row: `models[i]`, the version of arm `arms[i]`, computed record i."
     preds, ids, rows = [], [], []
-    for i, (m, arm, rec, p) in enumerate(zip(models, arms, records, proba)):
-        pid, pred = prediction_id(request_id, m.version, i), {"probability": float(p), "label": int(p >= threshold), "model_version": m.version, "arm": arm}
+    for k, (m, arm, rec, p) in enumerate(zip(models, arms, records, proba)):
+        pid, pred = prediction_id(request_id, m.version, first + k), {"probability": float(p), "label": int(p >= threshold), "model_version": m.version, "arm": arm}
         preds.append(pred); ids.append(pid)
-        r, o = json.dumps(rec), json.dumps(pred)   # each written once: the columns hold the same JSON in different wrappers
+        r = rows_of[k]["inputs"][1:-1] if rows_of else json.dumps(rec)   # each written once: the columns hold the same JSON in different wrappers
+        o = json.dumps(pred)
         rows.append({**m.lineage(), "arm": arm, "prediction_ids": [pid], "inputs": f"[{r}]", "outputs": f"[{o}]",
-                     "shadow_of": shadow_of[i] if shadow_of else None, "request": f'{{"dataframe_records": [{r}]}}',
+                     "shadow_of": shadow_of[k] if shadow_of else None, "request": f'{{"dataframe_records": [{r}]}}',
                      "response": f'{{"predictions": [{o[:-1]}, "prediction_id": "{pid}"}}]}}'})
     return preds, ids, rows
 

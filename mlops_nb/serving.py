@@ -4,22 +4,22 @@
 
 # %% ../nbs/14_serving.ipynb #de9f3430
 from __future__ import annotations
-import asyncio, contextlib, hmac, json, os, sys, time, uuid
+import asyncio, collections, contextlib, hmac, json, os, sys, time, uuid
 from typing import Callable
 import numpy as np
 from .core import short_error
 from .config import EnvConfig
 from .scoring import prediction_id
 from .request_checks import record_errors
-from .inference_log import InferenceLog, request_fields
-from .micro_batching import MicroBatcher
+from .inference_log import DERIVE_KEY, InferenceLog, request_fields
+from .micro_batching import MicroBatcher, predict_requests
 from .routing import LoadedModel, Served, ServedVersions, load_alias, record_arms, record_rows, routes_signature, served_answer
 from .variables import SERVE_TOKEN
 from fastapi import Request  # at module level: handlers' annotations are strings (`from __future__ import annotations`)
 from fastapi.responses import JSONResponse
 
 # %% auto #0
-__all__ = ['SHADOW_LINGER_SECONDS', 'load_champion', 'create_app', 'cmd_serve']
+__all__ = ['load_champion', 'create_app', 'cmd_serve']
 
 # %% ../nbs/14_serving.ipynb #ce5ec0a8
 def load_champion(cfg:EnvConfig) -> LoadedModel:
@@ -90,8 +90,6 @@ def _check_body(body:bytes, inputs:list):
     return records, None
 
 # %% ../nbs/14_serving.ipynb #11aa274d
-SHADOW_LINGER_SECONDS = 0.1   # the shadow batcher waits this long for more records before each call
-
 async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:list) -> np.ndarray:
     "The probability of each record from its arm's version: one micro-batched call per version."
     if len(set(arms)) == 1: return await batcher.predict(records, served.arms[arms[0]])   # one version: no task to gather
@@ -103,50 +101,51 @@ async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:
     return proba
 
 # %% ../nbs/14_serving.ipynb #9ec6ac6f
-def _start_shadow(st, served:Served, records:list, answer_ids:list, request:tuple):
-    "Queue `records` for the shadow version, scored off the request path (dropped, and counted, when too many wait)."
-    if st.shadow_stats["pending"] + len(records) > st.shadow_limit:
-        st.shadow_stats["dropped"] += len(records); return
-    st.shadow_stats["pending"] += len(records)
-    st.shadow_waiting.append((served, records, answer_ids, request, time.perf_counter()))
-    if st.shadow_task is None: st.shadow_task = asyncio.get_running_loop().create_task(_shadow_loop(st))
+def _mark_for_shadow(served:Served, started:float, records:list, rows:list):
+    "Give each answer's inference log row its record, for the shadow version to score in the log's thread (`_shadow_rows`)."
+    m = served.arms[served.shadow]
+    for i, (row, rec) in enumerate(zip(rows, records)): row[DERIVE_KEY] = (m, served.shadow, started, i, rec)
 
-async def _shadow_loop(st):
-    "Until nothing waits: score what waits in the shadow batcher's few large calls, then log it, sixteen requests at a time between other work."
-    try:
-        while st.shadow_waiting:
-            waiting, st.shadow_waiting = st.shadow_waiting, []
-            results = await st.shadow_batcher.predict_each([(records, served.arms[served.shadow]) for served, records, *_ in waiting])
-            for k, (item, res) in enumerate(zip(waiting, results)):
-                _log_shadow(st, *item, res)
-                if k % 16 == 15: await asyncio.sleep(0)
-    finally: st.shadow_task = None
+def _shadow_rows(st, waiting:collections.deque, busy:Callable) -> list:
+    "The shadow scores of the answers `waiting` in the inference log (`derive_rows`), 64 records a model call until `busy()`, a row per record."
+    out = []
+    while waiting and not busy():
+        runs = []   # [model, alias, started, index of the first record, answer rows, records] of each request's records
+        for _ in range(min(64, len(waiting))):
+            row = waiting.popleft()[1]
+            m, alias, started, i, rec = row.pop(DERIVE_KEY)
+            if runs and runs[-1][0] is m and runs[-1][4][-1]["request_id"] == row["request_id"]: runs[-1][4].append(row); runs[-1][5].append(rec)
+            else: runs.append([m, alias, started, i, [row], [rec]])
+        for m in {id(r[0]): r[0] for r in runs}.values():   # a reload in between: each request's own shadow version
+            mine = [r for r in runs if r[0] is m]
+            for j, (run, proba) in enumerate(zip(mine, predict_requests(m, [r[5] for r in mine]))):
+                out += _shadow_of(st, *run, proba)
+                if j % 16 == 15: time.sleep(0)   # the GIL handed back: a request that arrives now waits little for this thread
+        time.sleep(0)
+    return out
 
-def _log_shadow(st, served:Served, records:list, answer_ids:list, request:tuple, t0:float, proba):
-    "One inference log row per shadow score of a request's `records` (`proba`, or the exception that stopped them), with the prediction id of the answer it shadows."
-    m, n = served.arms[served.shadow], len(records)
+def _shadow_of(st, m:LoadedModel, alias:str, started:float, first:int, answers:list, records:list, proba) -> list:
+    "The inference log rows of one request's shadow scores of `records` (`proba`, or the exception that stopped them), each with the prediction id of the answer it shadows."
+    shadowed, n = [a["prediction_ids"][0] for a in answers], len(records)
     if isinstance(proba, BaseException):
         what, status = f"{type(proba).__name__}: {short_error(proba)}", 500
-        rows = [{**m.lineage(), "arm": served.shadow, "shadow_of": pid, "inputs": json.dumps([r]), "error": what} for r, pid in zip(records, answer_ids)]
+        rows = [{**m.lineage(), "arm": alias, "shadow_of": pid, "inputs": a["inputs"], "error": what} for a, pid in zip(answers, shadowed)]
         st.shadow_stats["failed"] += n
     else:
-        rows, status = record_rows([m] * n, [served.shadow] * n, records, proba, request[0], st.threshold, answer_ids)[2], 200
+        rows, status = record_rows([m] * n, [alias] * n, records, proba, answers[0]["request_id"], st.threshold, shadowed, first, answers)[2], 200
         st.shadow_stats["scored"] += n
-    st.shadow_stats["pending"] -= n
-    if st.log is not None:
-        f = request_fields(*request, "POST", "/predict", status, (time.perf_counter() - t0) * 1000)
-        for r in rows: st.log.add({**f, **r})
+    f = request_fields(answers[0]["request_id"], answers[0]["client_request_id"], started, "POST", "/predict", status, (time.time() - started) * 1000)
+    return [{**f, **r} for r in rows]
 
 # %% ../nbs/14_serving.ipynb #4354642d
 @contextlib.asynccontextmanager
 async def _lifespan(app):
-    "The app's lifespan: the periodic check of the routes; at shutdown, the shadow scores under way, then what the inference log still holds."
+    "The app's lifespan: the periodic check of the routes; at shutdown, what the inference log still holds (and its shadow scores)."
     st = app.state
     watch = asyncio.create_task(st.versions.watch_loop(st.check_seconds)) if st.versions.watch and st.check_seconds > 0 else None
     try: yield
     finally:
         if watch is not None: watch.cancel()
-        if st.shadow_task is not None: await asyncio.wait([st.shadow_task], timeout=30)
         if st.log is not None: st.log.close()
 
 def _add_predict_route(app):
@@ -171,7 +170,7 @@ def _add_predict_route(app):
                                       for r, a in zip(records, arms)]   # a row per record, under the arm that was to answer it
             return JSONResponse({"detail": f"the model could not answer these records: {what}"}, 500)
         status, answer, request.state.log_rows = served_answer(served, arms, records, proba, rid, st.threshold)
-        if served.shadow: _start_shadow(st, served, records, answer["prediction_ids"], (rid, request.state.client_request_id, request.state.started))
+        if served.shadow and st.log is not None: _mark_for_shadow(served, request.state.started, records, request.state.log_rows)
         return JSONResponse(answer, status)
     # A Starlette route: it reads and checks its body itself, so FastAPI's per-request dependency solving would only add work.
     app.add_route("/predict", predict, methods=["POST"])
@@ -192,7 +191,7 @@ def _add_model_routes(app, cfg:EnvConfig):
         st = request.app.state
         lg, b = st.log, st.batcher
         return {"status": "ok", "model_version": st.versions.current.champion.version, "serving": st.versions.status(),
-                "shadow": {**st.shadow_stats, "limit": st.shadow_limit} if st.versions.current.shadow else None,
+                "shadow": {**st.shadow_stats, "waiting": len(lg.waiting) if lg else 0} if st.versions.current.shadow else None,
                 "micro_batching": {"model_calls": b.calls, "requests": b.requests, "rows": b.rows, "max_rows": b.max_rows},
                 "inference_log": None if lg is None else {"pending": lg.pending(), "written": lg.written, "dropped": lg.dropped}}
 
@@ -219,9 +218,9 @@ def create_app(cfg:EnvConfig,          # the env: model, routes, inference log t
     st = app.state
     st.versions = ServedVersions(cfg, loader, reconfigure, watch if watch is not None or loader is not None else routes_signature)
     st.threshold, st.limit, st.keys, st.check_seconds = cfg.decision_threshold, cfg.serve_max_body_bytes, cfg.keys, cfg.serve_reload_check_seconds
-    st.batcher, st.shadow_batcher = MicroBatcher(cfg.serve_max_batch_rows), MicroBatcher(cfg.serve_max_batch_rows, SHADOW_LINGER_SECONDS)
-    st.shadow_stats, st.shadow_waiting, st.shadow_task, st.shadow_limit = {"scored": 0, "failed": 0, "dropped": 0, "pending": 0}, [], None, 100 * cfg.serve_max_batch_rows
-    st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds) if log else None
+    st.batcher, st.shadow_stats = MicroBatcher(cfg.serve_max_batch_rows), {"scored": 0, "failed": 0}
+    st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds,
+                          derive_rows=lambda waiting, busy: _shadow_rows(st, waiting, busy)) if log else None
 
     app.add_middleware(_GuardAndLog, token=token)   # plain ASGI: starlette's BaseHTTPMiddleware costs a task and a stream per request
     _add_predict_route(app)
