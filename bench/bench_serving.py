@@ -15,6 +15,11 @@ reads the body and answers a constant, under the same load.
 
     .venv/bin/python bench/bench_serving.py                       # 2 rounds of 5,000 requests at concurrency 16
     .venv/bin/python bench/bench_serving.py --requests 2000 --rounds 3
+    .venv/bin/python bench/bench_serving.py --sustained 30000     # then the champion only and shadow mode under 30,000 requests in a row
+
+Shadow mode scores the shadow when the server is quiet, so a round's shadow scores mostly wait until it ends (each
+round says how many waited); `--sustained N` measures the load that lasts longer than the 20,000 records that may
+wait, where the shadow's work is done during the load.
 Environment: MLOPS_NB_BENCH_REQUESTS, MLOPS_NB_BENCH_CONCURRENCY, MLOPS_NB_BENCH_ROUNDS (same as the flags).
 """
 from __future__ import annotations
@@ -60,6 +65,7 @@ def main():
     ap.add_argument("--requests", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_REQUESTS", 5000)))
     ap.add_argument("--concurrency", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_CONCURRENCY", 16)))
     ap.add_argument("--rounds", type=int, default=int(os.environ.get("MLOPS_NB_BENCH_ROUNDS", 2)))
+    ap.add_argument("--sustained", type=int, default=0, metavar="N", help="then N requests in a row, champion only and shadow mode")
     ap.add_argument("--client", type=int, metavar="PORT", help=argparse.SUPPRESS)
     ap.add_argument("--path", default="/predict", help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -91,13 +97,20 @@ def main():
         print("warm-up round done (not counted)", flush=True)
         rounds = []
         for r in range(a.rounds):
-            rounds.append({name: load(a, servers[name]["port"], servers[name]["path"]) for name in order})   # the pair of the limit back to back
-            report_round(r + 1, rounds[-1])
+            res, waiting = {}, None
+            for name in order:   # the pair of the limit back to back
+                res[name] = load(a, servers[name]["port"], servers[name]["path"])
+                if name == "shadow": waiting = shadow_waiting(servers[name]["port"])   # right after its load, before it is quiet
+            rounds.append(res)
+            report_round(r + 1, res)
+            print(f"round {r + 1}, shadow: {waiting:,} shadow score(s) waiting at the end of its load", flush=True)
+        if a.sustained: sustained(a, servers)
     finally:
         for srv in servers.values(): stop(srv)
     for mode in modes:
         log = log_rows(servers[mode]["log"])
         ok = sum(res[mode]["ok"] for res in rounds) + 50 * (a.rounds + 1) + warm[mode]   # each load's 50 warm-up requests too
+        ok += (a.sustained + 50) if a.sustained and mode in ("champion only", "shadow") else 0
         print(f"{mode}: inference log rows: {log['answer_rows']:,} answers (expected {ok:,}), {log['shadow_rows']:,} shadow scores")
     summary = {k: statistics.median(rd[k] for rd in map(ratios, rounds)) for k in ratios(rounds[0])}
     print(f"median of {a.rounds} round(s): " + "; ".join(f"{k} {v:.2f}" for k, v in summary.items()))
@@ -121,6 +134,25 @@ def report_round(n: int, res: dict):
         print(f"round {n}, {name}: {r['requests']:,} single-record requests at concurrency {r['concurrency']}: p50 {r['p50_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms, {r['req_per_s']:,.0f} req/s, {r['errors']} errors", flush=True)
     print(f"round {n} ratios: " + "; ".join(f"{k} {v:.2f}" for k, v in ratios(res).items()), flush=True)
+
+
+def shadow_waiting(port: int) -> int:
+    "The shadow scores waiting in the server on `port` (its `/health`)."
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10); c.request("GET", "/health")
+    return json.loads(c.getresponse().read())["shadow"]["waiting"]
+
+
+def sustained(a, servers: dict):
+    "`a.sustained` requests in a row to the champion only, then to shadow mode: past the records that may wait for a quiet moment."
+    time.sleep(5)   # the shadow's rounds scored first
+    b = argparse.Namespace(requests=a.sustained, concurrency=a.concurrency)
+    res = {name: load(b, servers[name]["port"], "/predict") for name in ("champion only", "shadow")}
+    c, s = res["champion only"], res["shadow"]
+    for name, r in res.items():
+        print(f"sustained, {name}: {r['requests']:,} requests in a row: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
+              f"{r['req_per_s']:,.0f} req/s, {r['errors']} errors", flush=True)
+    print(f"sustained: shadow req/s over champion only's {s['req_per_s'] / c['req_per_s']:.2f}; shadow p99 over champion only's "
+          f"{s['p99_ms'] / c['p99_ms']:.2f}; {shadow_waiting(servers['shadow']['port']):,} shadow score(s) waiting at its end", flush=True)
 
 
 def free_port() -> int:
