@@ -4,7 +4,7 @@
 
 # %% ../nbs/13b_inference_log.ipynb #8e3f8910
 from __future__ import annotations
-import collections, datetime as _dt, queue, sys, threading, time
+import collections, datetime as _dt, sys, threading, time
 from typing import Callable
 import pyarrow as pa
 from fastcore.basics import patch
@@ -30,10 +30,11 @@ def request_fields(request_id:str, client_request_id:str|None, started:float, me
             "method": method, "path": path, "status": status, "status_code": status, "latency_ms": latency_ms, "execution_time_ms": round(latency_ms)}
 
 DERIVE_KEY = "_derive"       # a logged row that carries this key also waits for `derive_rows` (not a column: never written)
-QUIET_SECONDS = 0.05         # no record for this long: the server is quiet, and the rows that wait are derived
+QUIET_SECONDS = 0.05         # the log's thread takes queued records this often; none for this long: the server is quiet, and the rows that wait are derived
 DERIVE_MAX_SECONDS = 60.0    # whatever the load, no row waits longer for its derived rows,
 DERIVE_MAX_ROWS = 20_000     # and no more rows than this wait
 
+# %% ../nbs/13b_inference_log.ipynb #fea9bf04
 class InferenceLog:
     "Append inference records to a Delta table in batches, from a background thread."
     def __init__(self, table:str,               # three-level table name
@@ -44,16 +45,19 @@ class InferenceLog:
                 ):
         if batch_rows < 1 or flush_seconds <= 0: raise ParameterError(f"inference log: expected batch_rows >= 1 and flush_seconds > 0, found {batch_rows}, {flush_seconds}")
         self.table, self.batch_rows, self.flush_seconds, self.derive_rows = table, batch_rows, flush_seconds, derive_rows
-        self.q, self.written, self.dropped, self.commits, self.delta = queue.Queue(max_pending), 0, 0, 0, None
+        self.max_pending, self.written, self.dropped, self.commits, self.delta = max_pending, 0, 0, 0, None
+        self.q = collections.deque()         # the records queued: appended by `add`, taken by the log's thread (each step atomic)
         self.waiting = collections.deque()   # (when it arrived, row) of the rows waiting for `derive_rows`
-        self._stop = object()
+        self._wake, self._asleep, self._stopping = threading.Event(), False, False
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)  # started by the first `add`
 
-    def add(self, record:dict):
-        "Queue one record (a dict with some of the schema's columns); never blocks."
+    def add(self, *records:dict):
+        "Queue records (dicts with some of the schema's columns); never blocks, and wakes the log's thread only when it sleeps."
         if self.thread.ident is None: self.thread.start()
-        try: self.q.put_nowait(record)
-        except queue.Full: self.dropped += 1
+        room = self.max_pending - len(self.q)
+        if len(records) > room: self.dropped += len(records) - max(room, 0); records = records[:max(room, 0)]
+        self.q.extend(records)
+        if self._asleep: self._wake.set()
 
 # %% ../nbs/13b_inference_log.ipynb #17c04731
 def _arrow_rows(rows:list) -> pa.Table:
@@ -90,7 +94,7 @@ def _overdue(self:InferenceLog) -> bool:
 @patch
 def _derive(self:InferenceLog, stop:bool) -> list:
     "The rows `derive_rows` gives for the rows waiting: at `stop` all; overdue, until they are not; else until a record arrives."
-    busy = (lambda: False) if stop else (lambda: not self._overdue()) if self._overdue() else (lambda: self.q.qsize() > 0)
+    busy = (lambda: False) if stop else (lambda: not self._overdue()) if self._overdue() else (lambda: bool(self.q))
     try: return self.derive_rows(self.waiting, busy)
     except Exception as e:  # a bug where the rows are made: the records themselves are still written
         n = len(self.waiting); self.waiting.clear()
@@ -98,25 +102,39 @@ def _derive(self:InferenceLog, stop:bool) -> list:
         return []
 
 @patch
+def _sleep(self:InferenceLog, timeout:float|None):
+    "Wait `timeout` seconds, or, with None, until `add` queues a record; `close` ends either at once."
+    if timeout is None:
+        self._asleep = True
+        if not self.q and not self._stopping: self._wake.wait()   # `add` sets the event only once `_asleep` is seen
+        self._asleep = False
+    elif timeout > 0: self._wake.wait(timeout)
+    self._wake.clear()
+
+@patch
+def _take(self:InferenceLog) -> list:
+    "Every record queued now, those that carry `DERIVE_KEY` also put to wait for `derive_rows`."
+    now, out = time.monotonic(), [self.q.popleft() for _ in range(len(self.q))]
+    if self.derive_rows: self.waiting.extend((now, r) for r in out if DERIVE_KEY in r)
+    return out
+
+# %% ../nbs/13b_inference_log.ipynb #2ec1c007
+@patch
 def _run(self:InferenceLog):
-    "Collect records into batches and write each when full or old enough, with the rows derived while the server is quiet; stop at the sentinel."
-    batch, first = [], 0.0
+    "Take the queued records every `QUIET_SECONDS` while they come (else sleep until one does), write them in batches when full or old enough, with the rows derived while the server is quiet; at `close`, everything."
+    batch, first = [], 0.0   # the rows to write, and when the first of them was taken
     while True:
-        timeout = None if not batch else max(0.0, first + self.flush_seconds - time.monotonic())
-        if self.waiting: timeout = QUIET_SECONDS if timeout is None else min(timeout, QUIET_SECONDS)
-        try: rec = self.q.get(timeout=timeout)
-        except queue.Empty: rec = None
-        stop = rec is self._stop
-        if rec is not None and not stop:
-            if not batch: first = time.monotonic()
-            batch.append(rec)
-            if self.derive_rows and DERIVE_KEY in rec: self.waiting.append((time.monotonic(), rec))
-        if self.waiting and (rec is None or stop or self._overdue()):
+        if not (batch or self.waiting or self.q): self._sleep(None)
+        else: self._sleep(QUIET_SECONDS if not batch else min(QUIET_SECONDS, first + self.flush_seconds - time.monotonic()))
+        stop, new = self._stopping, self._take()
+        if new and not batch: first = time.monotonic()
+        batch += new
+        if self.waiting and (stop or not new or self._overdue()):   # a whole wait with no record: quiet
             more = self._derive(stop)
             if more and not batch: first = time.monotonic()
             batch += more
-        if batch and (stop or len(batch) >= self.batch_rows or time.monotonic() - first >= self.flush_seconds):
-            self._write(batch); batch = []
+        while len(batch) >= self.batch_rows: self._write(batch[:self.batch_rows]); batch, first = batch[self.batch_rows:], time.monotonic()
+        if batch and (stop or time.monotonic() - first >= self.flush_seconds): self._write(batch); batch = []
         if stop: return
 
 # %% ../nbs/13b_inference_log.ipynb #b7fc6de4
@@ -124,10 +142,10 @@ def _run(self:InferenceLog):
 def close(self:InferenceLog, timeout:float=60):
     "Write every queued record, then stop the thread."
     if self.thread.is_alive():
-        self.q.put(self._stop)
+        self._stopping = True; self._wake.set()
         self.thread.join(timeout)
 
 @patch
 def pending(self:InferenceLog) -> int:
-    "Records queued and not yet written."
-    return self.q.qsize()
+    "Records queued that the log's thread has not taken yet."
+    return len(self.q)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13ca_micro_batching.ipynb #a1c0ffe6
 from __future__ import annotations
-import asyncio, collections
+import asyncio, collections, itertools
 import numpy as np
 from fastcore.basics import patch
 from .core import ParameterError
@@ -22,9 +22,10 @@ def predict_requests(m:LoadedModel, requests:list) -> list:
         if proba.shape != (len(records),): raise ValueError(f"the model returned {proba.shape} probabilities for {len(records)} records")
         return proba
     sizes = [len(r) for r in requests]
-    try: return np.split(one([rec for records in requests for rec in records]), np.cumsum(sizes)[:-1])
+    try: proba = one([rec for records in requests for rec in records])
     except Exception as e:
         if len(requests) == 1: return [e]
+    else: return [proba[end - n:end] for end, n in zip(itertools.accumulate(sizes), sizes)]
     out = []
     for records in requests:
         try: out.append(one(records))
