@@ -4,8 +4,10 @@ Starts every server once (uvicorn, one process each, on free loopback ports) wit
 warm-up round that is not counted (each server's first inference log commits, which create its table, and lazy
 imports), round after round, a second process sends each server in turn the same requests over keep-alive HTTP
 connections, one thread per connection, and reports p50 and p99 latency, requests/s and errors, and each round's
-ratios (the servers of one round ran back to back, the champion only and the no-op endpoint first, so a ratio is a
-pair's; the summary is the median of the rounds). Then it stops the
+ratios. A ratio is a pair's: the no-op endpoint, the split and shadow mode each run right after a load of the champion
+only, and are compared with that load, so that what else the shared machine does at the time weighs on both alike;
+each round starts one pair further along, so that no pair always runs right after the same load (e.g. the 2-minute
+one of `mlflow models serve`). The summary is the median of the rounds. Then it stops the
 servers (SIGTERM) and checks that each inference log holds every answer. The servers: the champion only, a 90/10
 split with an `hgb` challenger, and shadow mode (the challenger scores every record off the request path; its rows
 counted apart), and, on the same champion and load,
@@ -92,15 +94,18 @@ def main():
             servers[mode] = start_ours(dict(env, MLOPS_NB_CONFIG=str(home/f"c{k}.toml")), f"dev.mlops_nb.log{k}")
         servers["mlflow models serve"] = start_mlflow_serve(env)
         servers["no-op endpoint"] = start_noop(env)
-        order = ["champion only", "no-op endpoint", *[n for n in servers if n not in ("champion only", "no-op endpoint")]]
+        units = [["champion only", n] for n in PAIRED] + [["mlflow models serve"]]   # each of PAIRED right after the champion only
+        order = list(dict.fromkeys(n for u in units for n in u))
         warm = {name: load(a, servers[name]["port"], servers[name]["path"])["ok"] for name in order}   # not counted: first commits, lazy imports
         print("warm-up round done (not counted)", flush=True)
         rounds = []
         for r in range(a.rounds):
             res, waiting = {}, None
-            for name in order:   # the pair of the limit back to back
-                res[name] = load(a, servers[name]["port"], servers[name]["path"])
-                if name == "shadow": waiting = shadow_waiting(servers[name]["port"])   # right after its load, before it is quiet
+            for unit in units[r % len(units):] + units[:r % len(units)]:
+                for name in unit:
+                    out = load(a, servers[name]["port"], servers[name]["path"])
+                    res[name if len(unit) == 1 or name != "champion only" else f"champion only, before {unit[1]}"] = out
+                    if name == "shadow": waiting = shadow_waiting(servers[name]["port"])   # right after its load, before it is quiet
             rounds.append(res)
             report_round(r + 1, res)
             print(f"round {r + 1}, shadow: {waiting:,} shadow score(s) waiting at the end of its load", flush=True)
@@ -109,7 +114,8 @@ def main():
         for srv in servers.values(): stop(srv)
     for mode in modes:
         log = log_rows(servers[mode]["log"])
-        ok = sum(res[mode]["ok"] for res in rounds) + 50 * (a.rounds + 1) + warm[mode]   # each load's 50 warm-up requests too
+        mine = [r for res in rounds for k, r in res.items() if k.split(",")[0] == mode]   # the champion only: a load before each of PAIRED
+        ok = sum(r["ok"] for r in mine) + 50 * (len(mine) + 1) + warm[mode]   # each load's 50 warm-up requests too
         ok += (a.sustained + 50) if a.sustained and mode in ("champion only", "shadow") else 0
         print(f"{mode}: inference log rows: {log['answer_rows']:,} answers (expected {ok:,}), {log['shadow_rows']:,} shadow scores")
     summary = {k: statistics.median(rd[k] for rd in map(ratios, rounds)) for k in ratios(rounds[0])}
@@ -118,14 +124,15 @@ def main():
 
 
 def ratios(res: dict) -> dict:
-    "One round's ratios: ours against mlflow models serve, the modes against champion only, champion only against the no-op endpoint."
-    base, m, noop = res["champion only"], res["mlflow models serve"], res["no-op endpoint"]
+    "One round's ratios: ours against mlflow models serve, the modes and the no-op endpoint each against the champion only's load just before it."
+    m, before = res["mlflow models serve"], lambda mode: res[f"champion only, before {mode}"]
     out = {}
     for mode in ("champion only", "90/10 split", "shadow"):
-        out[f"{mode} req/s over mlflow's"] = res[mode]["req_per_s"] / m["req_per_s"]
-        out[f"{mode} p99 over mlflow's"] = res[mode]["p99_ms"] / m["p99_ms"]
-    for mode in ("90/10 split", "shadow"): out[f"{mode} p99 over champion only's"] = res[mode]["p99_ms"] / base["p99_ms"]
-    out["champion only req/s over the no-op endpoint's"] = base["req_per_s"] / noop["req_per_s"]
+        r = before("no-op endpoint") if mode == "champion only" else res[mode]
+        out[f"{mode} req/s over mlflow's"] = r["req_per_s"] / m["req_per_s"]
+        out[f"{mode} p99 over mlflow's"] = r["p99_ms"] / m["p99_ms"]
+    for mode in ("90/10 split", "shadow"): out[f"{mode} p99 over champion only's"] = res[mode]["p99_ms"] / before(mode)["p99_ms"]
+    out["champion only req/s over the no-op endpoint's"] = before("no-op endpoint")["req_per_s"] / res["no-op endpoint"]["req_per_s"]
     return out
 
 
@@ -153,6 +160,9 @@ def sustained(a, servers: dict):
               f"{r['req_per_s']:,.0f} req/s, {r['errors']} errors", flush=True)
     print(f"sustained: shadow req/s over champion only's {s['req_per_s'] / c['req_per_s']:.2f}; shadow p99 over champion only's "
           f"{s['p99_ms'] / c['p99_ms']:.2f}; {shadow_waiting(servers['shadow']['port']):,} shadow score(s) waiting at its end", flush=True)
+
+
+PAIRED = ("no-op endpoint", "90/10 split", "shadow")   # each measured right after a load of the champion only, its ratio that pair's
 
 
 def free_port() -> int:
