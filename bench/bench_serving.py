@@ -151,7 +151,8 @@ def shadow_waiting(port: int) -> int:
 
 def sustained(a, servers: dict):
     "`a.sustained` requests in a row to the champion only, then to shadow mode: past the records that may wait for a quiet moment."
-    time.sleep(5)   # the shadow's rounds scored first
+    deadline = time.monotonic() + 120
+    while shadow_waiting(servers["shadow"]["port"]) and time.monotonic() < deadline: time.sleep(0.2)   # the rounds' shadow scores done first
     b = argparse.Namespace(requests=a.sustained, concurrency=a.concurrency)
     res = {name: load(b, servers[name]["port"], "/predict") for name in ("champion only", "shadow")}
     c, s = res["champion only"], res["shadow"]

@@ -29,7 +29,7 @@ def request_fields(request_id:str, client_request_id:str|None, started:float, me
             "date": _dt.datetime.fromtimestamp(started, _dt.timezone.utc).date(), "timestamp_ms": int(started * 1000),
             "method": method, "path": path, "status": status, "status_code": status, "latency_ms": latency_ms, "execution_time_ms": round(latency_ms)}
 
-DERIVE_KEY = "_derive"       # a logged row that carries this key also waits for `derive_rows` (not a column: never written)
+DERIVE_KEY = "_derive"       # what a logged row carries under this key waits for `derive_rows` (not a column: never written)
 QUIET_SECONDS = 0.05         # the log's thread takes queued records this often; none for this long: the server is quiet, and the rows that wait are derived
 DERIVE_MAX_SECONDS = 60.0    # whatever the load, no row waits longer for its derived rows,
 DERIVE_MAX_ROWS = 20_000     # and no more rows than this wait
@@ -41,13 +41,13 @@ class InferenceLog:
                  batch_rows:int=500,            # rows per commit, at most
                  flush_seconds:float=2.0,       # longest a record waits
                  max_pending:int=100_000,       # records beyond this are dropped (and counted)
-                 derive_rows:Callable=None,     # (waiting, busy) -> rows derived from rows that carry `DERIVE_KEY`, popped from deque `waiting` until `busy()`
+                 derive_rows:Callable=None,     # (waiting, busy) -> rows derived from the rows' `DERIVE_KEY` values, popped from deque `waiting` until `busy()`
                 ):
         if batch_rows < 1 or flush_seconds <= 0: raise ParameterError(f"inference log: expected batch_rows >= 1 and flush_seconds > 0, found {batch_rows}, {flush_seconds}")
         self.table, self.batch_rows, self.flush_seconds, self.derive_rows = table, batch_rows, flush_seconds, derive_rows
         self.max_pending, self.written, self.dropped, self.commits, self.delta = max_pending, 0, 0, 0, None
         self.q = collections.deque()         # the records queued: appended by `add`, taken by the log's thread (each step atomic)
-        self.waiting = collections.deque()   # (when it arrived, row) of the rows waiting for `derive_rows`
+        self.waiting = collections.deque()   # (when it arrived, its row's `DERIVE_KEY` value) of the rows waiting for `derive_rows`
         self._wake, self._asleep, self._stopping = threading.Event(), False, False
         self.thread = threading.Thread(target=self._run, name="inference-log", daemon=True)  # started by the first `add`
 
@@ -113,9 +113,9 @@ def _sleep(self:InferenceLog, timeout:float|None):
 
 @patch
 def _take(self:InferenceLog) -> list:
-    "Every record queued now, those that carry `DERIVE_KEY` also put to wait for `derive_rows`."
+    "Every record queued now; what those that carry `DERIVE_KEY` carry there (taken out of the row) put to wait for `derive_rows`."
     now, out = time.monotonic(), [self.q.popleft() for _ in range(len(self.q))]
-    if self.derive_rows: self.waiting.extend((now, r) for r in out if DERIVE_KEY in r)
+    if self.derive_rows: self.waiting.extend((now, r.pop(DERIVE_KEY)) for r in out if DERIVE_KEY in r)
     return out
 
 # %% ../nbs/13b_inference_log.ipynb #2ec1c007

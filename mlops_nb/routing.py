@@ -179,14 +179,14 @@ def routes_signature(cfg:EnvConfig) -> tuple:
 def record_rows(models:list, arms:list, records:list, proba, request_id:str, threshold:float,
                 shadow_of:list=None, # the prediction ids of the answers these scores shadow
                 first:int=0,         # the request's index of `records[0]`
-                rows_of:list=None,   # the answer rows of `records` (shadow scores): their JSON is not written again
+                inputs_of:list=None, # the `inputs` of the answer rows of `records` (shadow scores): their JSON is not written again
                ) -> tuple:
     "Each record's answer, prediction id and inference log row: `models[i]`, the version of arm `arms[i]`, computed record i."
     preds, ids, rows = [], [], []
     for k, (m, arm, rec, p) in enumerate(zip(models, arms, records, proba)):
         pid, pred = prediction_id(request_id, m.version, first + k), {"probability": float(p), "label": int(p >= threshold), "model_version": m.version, "arm": arm}
         preds.append(pred); ids.append(pid)
-        r = rows_of[k]["inputs"][1:-1] if rows_of else json.dumps(rec)   # each written once: the columns hold the same JSON in different wrappers
+        r = inputs_of[k][1:-1] if inputs_of else json.dumps(rec)   # each written once: the columns hold the same JSON in different wrappers
         o = json.dumps(pred)
         rows.append({**m.lineage(), "arm": arm, "prediction_ids": [pid], "inputs": f"[{r}]", "outputs": f"[{o}]",
                      "shadow_of": shadow_of[k] if shadow_of else None, "request": f'{{"dataframe_records": [{r}]}}',

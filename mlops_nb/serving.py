@@ -11,7 +11,7 @@ from .core import short_error
 from .config import EnvConfig
 from .scoring import prediction_id
 from .request_checks import record_errors
-from .inference_log import DERIVE_KEY, InferenceLog, request_fields
+from .inference_log import DERIVE_KEY, DERIVE_MAX_SECONDS, InferenceLog, request_fields
 from .micro_batching import MicroBatcher, predict_requests
 from .routing import LoadedModel, Served, ServedVersions, load_alias, record_arms, record_rows, routes_signature, served_answer
 from .variables import SERVE_TOKEN
@@ -104,40 +104,50 @@ async def _predict_arms(batcher:MicroBatcher, served:Served, arms:list, records:
     return proba
 
 # %% ../nbs/14_serving.ipynb #9ec6ac6f
-def _mark_for_shadow(served:Served, started:float, records:list, rows:list):
-    "Give each answer's inference log row its record, for the shadow version to score in the log's thread (`_shadow_rows`)."
+def _mark_for_shadow(st, served:Served, rid:str, client_rid:str|None, started:float, rows:list):
+    "Give each answer's inference log row what the shadow version needs to score its record in the log's thread (`_shadow_rows`)."
     m = served.arms[served.shadow]
-    for i, (row, rec) in enumerate(zip(rows, records)): row[DERIVE_KEY] = (m, served.shadow, started, i, rec)
+    st.shadow_models[id(m)] = (m, time.monotonic())   # the model by a number: a tuple of atoms stays out of the garbage collector's passes
+    for i, row in enumerate(rows): row[DERIVE_KEY] = (id(m), served.shadow, started, i, rid, client_rid, row["prediction_ids"][0], row["inputs"])
 
 def _shadow_rows(st, waiting:collections.deque, busy:Callable) -> list:
     "The shadow scores of the answers `waiting` in the inference log (`derive_rows`), 64 records a model call until `busy()`, a row per record."
     out = []
     while waiting and not busy():
-        runs = []   # [model, alias, started, index of the first record, answer rows, records] of each request's records
+        runs = {}   # (model, request id) -> [alias, started, index of its first record, client request id, shadowed ids, inputs]
         for _ in range(min(64, len(waiting))):
-            row = waiting.popleft()[1]
-            m, alias, started, i, rec = row.pop(DERIVE_KEY)
-            if runs and runs[-1][0] is m and runs[-1][4][-1]["request_id"] == row["request_id"]: runs[-1][4].append(row); runs[-1][5].append(rec)
-            else: runs.append([m, alias, started, i, [row], [rec]])
-        for m in {id(r[0]): r[0] for r in runs}.values():   # a reload in between: each request's own shadow version
-            mine = [r for r in runs if r[0] is m]
-            for j, (run, proba) in enumerate(zip(mine, predict_requests(m, [r[5] for r in mine]))):
-                out += _shadow_of(st, *run, proba)
+            key, alias, started, i, rid, client_rid, pid, inputs = waiting.popleft()[1]
+            run = runs.setdefault((key, rid), [alias, started, i, client_rid, [], []])
+            run[4].append(pid); run[5].append(inputs)
+        for key in dict.fromkeys(k for k, _ in runs):   # a reload in between: each request's own shadow version
+            m, mine = st.shadow_models[key][0], [(rid, run) for (k, rid), run in runs.items() if k == key]
+            records = [json.loads(f"[{','.join(s[1:-1] for s in run[5])}]") for _, run in mine]
+            for j, ((rid, run), recs, proba) in enumerate(zip(mine, records, predict_requests(m, records))):
+                out += _shadow_of(st, m, rid, *run, recs, proba)
                 if j % 16 == 15: time.sleep(0)   # the GIL handed back: a request that arrives now waits little for this thread
         time.sleep(0)
+    if not waiting: _forget_shadow_models(st)
     return out
 
-def _shadow_of(st, m:LoadedModel, alias:str, started:float, first:int, answers:list, records:list, proba) -> list:
+# %% ../nbs/14_serving.ipynb #5f0a7c21
+def _forget_shadow_models(st):
+    "Let go of the shadow versions a reload replaced, once no record waits for them (and none has been marked for a minute)."
+    cur = st.versions.current
+    keep, old = id(cur.arms[cur.shadow]) if cur.shadow else None, time.monotonic() - DERIVE_MAX_SECONDS
+    for key, (m, marked) in list(st.shadow_models.items()):
+        if key != keep and marked < old: st.shadow_models.pop(key, None)
+
+def _shadow_of(st, m:LoadedModel, rid:str, alias:str, started:float, first:int, client_rid:str|None, shadowed:list, inputs:list, records:list, proba) -> list:
     "The inference log rows of one request's shadow scores of `records` (`proba`, or the exception that stopped them), each with the prediction id of the answer it shadows."
-    shadowed, n = [a["prediction_ids"][0] for a in answers], len(records)
+    n = len(records)
     if isinstance(proba, BaseException):
         what, status = f"{type(proba).__name__}: {short_error(proba)}", 500
-        rows = [{**m.lineage(), "arm": alias, "shadow_of": pid, "inputs": a["inputs"], "error": what} for a, pid in zip(answers, shadowed)]
+        rows = [{**m.lineage(), "arm": alias, "shadow_of": pid, "inputs": s, "error": what} for s, pid in zip(inputs, shadowed)]
         st.shadow_stats["failed"] += n
     else:
-        rows, status = record_rows([m] * n, [alias] * n, records, proba, answers[0]["request_id"], st.threshold, shadowed, first, answers)[2], 200
+        rows, status = record_rows([m] * n, [alias] * n, records, proba, rid, st.threshold, shadowed, first, inputs)[2], 200
         st.shadow_stats["scored"] += n
-    f = request_fields(answers[0]["request_id"], answers[0]["client_request_id"], started, "POST", "/predict", status, (time.time() - started) * 1000)
+    f = request_fields(rid, client_rid, started, "POST", "/predict", status, (time.time() - started) * 1000)
     return [{**f, **r} for r in rows]
 
 # %% ../nbs/14_serving.ipynb #4354642d
@@ -178,7 +188,7 @@ def _add_predict_route(app):
                                       for r, a in zip(records, arms)]   # a row per record, under the arm that was to answer it
             return JSONResponse({"detail": f"the model could not answer these records: {what}"}, 500)
         status, answer, request.state.log_rows = served_answer(served, arms, records, proba, rid, st.threshold)
-        if served.shadow and st.log is not None: _mark_for_shadow(served, request.state.started, records, request.state.log_rows)
+        if served.shadow and st.log is not None: _mark_for_shadow(st, served, rid, request.state.client_request_id, request.state.started, request.state.log_rows)
         return JSONResponse(answer, status)
     # A Starlette route: it reads and checks its body itself, so FastAPI's per-request dependency solving would only add work.
     app.add_route("/predict", predict, methods=["POST"])
@@ -226,7 +236,7 @@ def create_app(cfg:EnvConfig,          # the env: model, routes, inference log t
     st = app.state
     st.versions = ServedVersions(cfg, loader, reconfigure, watch if watch is not None or loader is not None else routes_signature)
     st.threshold, st.limit, st.keys, st.check_seconds = cfg.decision_threshold, cfg.serve_max_body_bytes, cfg.keys, cfg.serve_reload_check_seconds
-    st.batcher, st.shadow_stats = MicroBatcher(cfg.serve_max_batch_rows), {"scored": 0, "failed": 0}
+    st.batcher, st.shadow_stats, st.shadow_models = MicroBatcher(cfg.serve_max_batch_rows), {"scored": 0, "failed": 0}, {}
     st.log = InferenceLog(cfg.qualify(cfg.inference_log_table), cfg.serve_log_batch_rows, cfg.serve_log_flush_seconds,
                           derive_rows=lambda waiting, busy: _shadow_rows(st, waiting, busy)) if log else None
 
