@@ -9,7 +9,6 @@ from typing import Callable
 import numpy as np
 from .core import short_error
 from .config import EnvConfig
-from .scoring import prediction_id
 from .request_checks import record_errors
 from .inference_log import DERIVE_KEY, DERIVE_MAX_SECONDS, InferenceLog, request_fields
 from .micro_batching import MicroBatcher, predict_requests
